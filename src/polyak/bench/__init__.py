@@ -1,0 +1,1 @@
+"""polyak.bench: the benchmark and reproduction harness (needs the `bench` extra)."""

@@ -1,0 +1,226 @@
+"""Shared math of the Polyak-step optimizers.
+
+Every optimizer of the package builds its update from these functions, so each
+formula is written once. Each function works on lists of tensors and has two
+paths: a multi-tensor (``foreach``) path grouped by device and dtype, and a
+readable per-tensor loop that is the ground truth (tests check they agree in
+float64).
+
+Step sizes may be a Python float or a 0-dim tensor. A tensor step size is never
+read back to the host here; callers convert it to a float only where that read
+is free (CPU tensors), so an accelerator never waits on the host.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, Tensor]
+
+__all__ = [
+    "group_by_device_and_dtype",
+    "global_grad_sq_norm",
+    "global_sq_norm",
+    "polyak_step_size",
+    "sgd_step_",
+    "alig_momentum_step_",
+    "project_l2_ball_",
+    "as_scalar",
+]
+
+
+def group_by_device_and_dtype(*tensor_lists: Sequence[Tensor]) -> Dict[Tuple[torch.device, torch.dtype], List[List[Tensor]]]:
+    """Split parallel tensor lists into buckets that one foreach kernel can take.
+
+    Bucketed on the first list's tensors; the i-th tensor of every list goes to
+    the same bucket, so the lists stay aligned inside each bucket.
+    """
+    buckets: Dict[Tuple[torch.device, torch.dtype], List[List[Tensor]]] = defaultdict(
+        lambda: [[] for _ in tensor_lists]
+    )
+    for items in zip(*tensor_lists):
+        key = (items[0].device, items[0].dtype)
+        for bucket_list, tensor in zip(buckets[key], items):
+            bucket_list.append(tensor)
+    return dict(buckets)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision squares lose most of their digits when summed: add in float32 at least.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
+    """Sum of squares of all entries of all tensors, as one 0-dim tensor.
+
+    The result lives on the device of the first tensor, in the widest
+    accumulation dtype met (at least float32).
+    """
+    if len(tensors) == 0:
+        raise ValueError("global_sq_norm needs at least one tensor")
+    home = tensors[0].device
+    out_dtype = _accumulation_dtype(tensors[0].dtype)
+    for t in tensors:
+        out_dtype = torch.promote_types(out_dtype, _accumulation_dtype(t.dtype))
+    partials: List[Tensor] = []
+    if foreach:
+        for (device, dtype), (bucket,) in group_by_device_and_dtype(tensors).items():
+            acc = _accumulation_dtype(dtype)
+            if acc != dtype:
+                bucket = [t.to(acc) for t in bucket]
+            norms = torch._foreach_norm(bucket, 2)
+            partials.append(torch.stack(norms).square().sum().to(home, out_dtype))
+    else:
+        for t in tensors:
+            t = t.to(_accumulation_dtype(t.dtype))
+            partials.append(t.square().sum().to(home, out_dtype))
+    total = partials[0]
+    for p in partials[1:]:
+        total = total + p
+    return total
+
+
+def global_grad_sq_norm(params: Iterable[Tensor], foreach: bool = True) -> Tensor:
+    """||g||^2 over every parameter that has a gradient: ONE global norm, all groups."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return global_sq_norm(grads, foreach=foreach)
+
+
+def polyak_step_size(
+    loss_gap: Tensor, grad_sq_norm: Tensor, delta: float, max_lr: Optional[float]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Clipped Polyak step gamma = clamp(gap / (||g||^2 + delta), 0, max_lr).
+
+    ``loss_gap`` is the loss minus its lower bound (or minus the AOVs for
+    ALI-G+). Returns ``(step, unclipped, clipped)``: the step to take, the
+    step before the ``max_lr`` clip (after the clamp at 0), and a bool
+    tensor that is true when ``max_lr`` was the active bound. ``max_lr=None``
+    means no upper clip (ALI-G infinity).
+    """
+    unclipped = torch.clamp(loss_gap / (grad_sq_norm + delta), min=0.0)
+    if max_lr is None:
+        return unclipped, unclipped, torch.zeros((), dtype=torch.bool, device=unclipped.device)
+    step = torch.clamp(unclipped, max=max_lr)
+    return step, unclipped, unclipped > max_lr
+
+
+def as_scalar(step: Scalar) -> Scalar:
+    """A float when reading the value is free (CPU tensor), else the tensor unchanged."""
+    if isinstance(step, Tensor) and step.device.type == "cpu":
+        return step.item()
+    return step
+
+
+def _scaled(tensors: List[Tensor], step: Scalar) -> List[Tensor]:
+    return torch._foreach_mul(tensors, step)
+
+
+def sgd_step_(params: List[Tensor], directions: List[Tensor], step: Scalar, foreach: bool = True) -> None:
+    """p <- p - step * d for every pair; ``step`` a float or a 0-dim tensor."""
+    if not params:
+        return
+    if not foreach:
+        for p, d in zip(params, directions):
+            if isinstance(step, Tensor):
+                p.sub_(d * step.to(p.device))
+            else:
+                p.add_(d, alpha=-step)
+        return
+    for (device, _), (ps, ds) in group_by_device_and_dtype(params, directions).items():
+        if isinstance(step, Tensor):
+            torch._foreach_sub_(ps, _scaled(ds, step.to(device)))
+        else:
+            torch._foreach_add_(ps, ds, alpha=-step)
+
+
+def alig_momentum_step_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    buffers: List[Tensor],
+    step: Scalar,
+    momentum: float,
+    adjusted: bool = False,
+    foreach: bool = True,
+) -> None:
+    """The ALI-G reference momentum update (not torch.optim.SGD's momentum).
+
+    default:   p <- p - step*g;  b <- mu*b - step*g;  p <- p + mu*b
+    adjusted:  b <- mu*b - g;    p <- p - step*g + step*mu*b   (TF Nesterov form)
+    """
+    if not params:
+        return
+    if not foreach:
+        for p, g, b in zip(params, grads, buffers):
+            s = step.to(p.device) if isinstance(step, Tensor) else step
+            if adjusted:
+                b.mul_(momentum).sub_(g)
+                p.sub_(g * s)
+                p.add_(b * (s * momentum))
+            else:
+                update = g * s
+                p.sub_(update)
+                b.mul_(momentum).sub_(update)
+                p.add_(b, alpha=momentum)
+        return
+    for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
+        s = step.to(device) if isinstance(step, Tensor) else step
+        if adjusted:
+            torch._foreach_mul_(bs, momentum)
+            torch._foreach_sub_(bs, gs)
+            if isinstance(s, Tensor):
+                torch._foreach_sub_(ps, _scaled(gs, s))
+                torch._foreach_add_(ps, _scaled(bs, s * momentum))
+            else:
+                torch._foreach_add_(ps, gs, alpha=-s)
+                torch._foreach_add_(ps, bs, alpha=s * momentum)
+        else:
+            if isinstance(s, Tensor):
+                update = _scaled(gs, s)
+                torch._foreach_sub_(ps, update)
+                torch._foreach_mul_(bs, momentum)
+                torch._foreach_sub_(bs, update)
+            else:
+                # Same arithmetic without materialising step*g: b <- mu*b - s*g.
+                torch._foreach_add_(ps, gs, alpha=-s)
+                torch._foreach_mul_(bs, momentum)
+                torch._foreach_add_(bs, gs, alpha=-s)
+            torch._foreach_add_(ps, bs, alpha=momentum)
+
+
+def project_l2_ball_(
+    params: List[Tensor], max_norm: float, foreach: bool = True
+) -> None:
+    """Project all tensors together onto ONE L2 ball of radius ``max_norm``.
+
+    If the joint norm exceeds ``max_norm`` every tensor is scaled by
+    max_norm / norm; otherwise nothing changes (the scale factor is exactly 1).
+    No host read: the factor stays a tensor on accelerators.
+    """
+    if not params:
+        return
+    with torch.no_grad():
+        total = global_sq_norm(params, foreach=foreach).sqrt()
+        # min(1, r / ||w||): exactly 1.0 inside the ball, so inside points stay bit-identical.
+        factor = torch.clamp(max_norm / total, max=1.0)
+        factor = as_scalar(factor)
+        if isinstance(factor, float) and factor == 1.0:
+            return
+        if not foreach:
+            for p in params:
+                p.mul_(factor.to(p.device, p.dtype) if isinstance(factor, Tensor) else factor)
+            return
+        for (device, dtype), (ps,) in group_by_device_and_dtype(params).items():
+            f = factor.to(device, dtype) if isinstance(factor, Tensor) else factor
+            torch._foreach_mul_(ps, f)
+
+
+def apply_projection_(params: List[Tensor], max_norm: Optional[float], projection: Optional[Callable], foreach: bool = True) -> None:
+    """The ALI-G constraint set: the global L2 ball, then a user projection if given."""
+    if max_norm is not None:
+        project_l2_ball_(params, max_norm, foreach=foreach)
+    if projection is not None:
+        with torch.no_grad():
+            projection(params)
