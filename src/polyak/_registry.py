@@ -16,6 +16,7 @@ NEEDS = frozenset({
     "end_epoch",        # opt.end_epoch() once per epoch
     "probe_closure",    # step(closure) where closure() returns the loss WITHOUT backward (line searches)
     "gradient",         # plain torch optimizer: backward then step()
+    "train_eval",       # opt.train() before training steps, opt.eval() before evaluation (Schedule-Free)
 })
 
 # Constructor arguments that depend on the training run, filled by a harness from the workload.
