@@ -159,21 +159,25 @@ class PolyakBase(torch.optim.Optimizer):
         return loss
 
     # ----------------------------------------------------------------- guard
-    def _guard(self, loss: Tensor, grad_sq_norm: Tensor, lower_bound: Optional[Union[float, Tensor]]) -> bool:
+    def _guard(self, loss, grad_sq_norm, lower_bound: Optional[Union[float, Tensor]]) -> bool:
         """Check loss and gradients before anything changes. True means: skip this step.
 
-        One device-to-host read of a few flags (free on CPU); none with
-        nonfinite="unchecked". A loss below the lower bound is a user error
-        (wrong ``lower_bound`` or a loss that can go negative) and raises.
+        Floats (the CPU path) are checked directly; tensors cost one
+        device-to-host read of two flags; nonfinite="unchecked" reads nothing.
+        A loss below the lower bound is a user error (wrong ``lower_bound``, or
+        a loss that can go negative) and raises.
         """
         if self.nonfinite == "unchecked":
             return False
-        finite = torch.isfinite(loss).all() & torch.isfinite(grad_sq_norm)
-        if lower_bound is not None:
-            below = (loss < lower_bound).any() & finite
+        if isinstance(loss, Tensor) or isinstance(grad_sq_norm, Tensor):
+            device = grad_sq_norm.device if isinstance(grad_sq_norm, Tensor) else loss.device
+            loss_t = torch.as_tensor(loss, device=device)
+            finite = torch.isfinite(loss_t).all() & torch.isfinite(torch.as_tensor(grad_sq_norm, device=device))
+            below = (loss_t < lower_bound).any() & finite if lower_bound is not None else torch.zeros((), dtype=torch.bool, device=device)
             finite_ok, below_bound = torch.stack([finite, below]).tolist()
         else:
-            finite_ok, below_bound = bool(finite), False
+            finite_ok = math.isfinite(loss) and math.isfinite(grad_sq_norm)
+            below_bound = finite_ok and lower_bound is not None and loss < lower_bound
         if not finite_ok:
             if self.nonfinite == "raise":
                 raise NonFiniteError(
@@ -183,14 +187,17 @@ class PolyakBase(torch.optim.Optimizer):
             self.global_state["skipped_steps"] += 1
             return True
         if below_bound:
+            lowest = float(torch.as_tensor(loss).min())
+            bound = float(torch.as_tensor(lower_bound).min())
             raise ValueError(
-                f"{type(self).__name__}.step: loss {float(loss.min()):.6g} is below lower_bound={float(lower_bound) if not isinstance(lower_bound, Tensor) else float(lower_bound.min()):.6g}; "
+                f"{type(self).__name__}.step: loss {lowest:.6g} is below lower_bound={bound:.6g}; "
                 "set lower_bound to a true lower bound of the loss (0 for cross-entropy, hinge and squared losses)"
             )
         return False
 
-    def _set_step_stats(self, group: Dict[str, Any], step: Tensor, unclipped: Tensor, clipped: Tensor) -> None:
-        """Observability: what the last step did, per group (tensors; no host read)."""
+    def _set_step_stats(self, group: Dict[str, Any], step, unclipped, clipped) -> None:
+        """Observability: what the last step did, per group (floats on the CPU path,
+        0-dim tensors on accelerators so that logging never forces a host read)."""
         group["step_size"] = step
         group["unclipped_step_size"] = unclipped
         group["clipped"] = clipped

@@ -109,10 +109,13 @@ class ALIG(PolyakBase):
         grads = [p.grad for ps in groups for p in ps]
         if not grads:
             return loss
-        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
-        if self._guard(loss, grad_sq_norm, self.lower_bound):
+        grad_sq_norm = F.as_scalar(F.global_sq_norm(grads, foreach=self.foreach))
+        loss_value = F.as_scalar(loss)
+        if self._guard(loss_value, grad_sq_norm, self.lower_bound):
             return loss
-        gap = loss.to(grad_sq_norm.device, grad_sq_norm.dtype) - self.lower_bound
+        if isinstance(grad_sq_norm, torch.Tensor):
+            loss_value = torch.as_tensor(loss_value, device=grad_sq_norm.device, dtype=grad_sq_norm.dtype)
+        gap = loss_value - self.lower_bound
         for group, params in zip(self.param_groups, groups):
             step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, self.delta, group["max_lr"])
             self._set_step_stats(group, step, unclipped, clipped)

@@ -71,8 +71,8 @@ def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
             acc = _accumulation_dtype(dtype)
             if acc != dtype:
                 bucket = [t.to(acc) for t in bucket]
-            norms = torch._foreach_norm(bucket, 2)
-            partials.append(torch.stack(norms).square().sum().to(home, out_dtype))
+            # sums of squares per tensor, then one sum: no sqrt-then-square round trip
+            partials.append(torch.stack(torch._foreach_powsum(bucket, 2)).sum().to(home, out_dtype))
     else:
         for t in tensors:
             t = t.to(_accumulation_dtype(t.dtype))
@@ -90,16 +90,22 @@ def global_grad_sq_norm(params: Iterable[Tensor], foreach: bool = True) -> Tenso
 
 
 def polyak_step_size(
-    loss_gap: Tensor, grad_sq_norm: Tensor, delta: float, max_lr: Optional[float]
-) -> Tuple[Tensor, Tensor, Tensor]:
+    loss_gap: Scalar, grad_sq_norm: Scalar, delta: float, max_lr: Optional[float]
+) -> Tuple[Scalar, Scalar, Union[bool, Tensor]]:
     """Clipped Polyak step gamma = clamp(gap / (||g||^2 + delta), 0, max_lr).
 
     ``loss_gap`` is the loss minus its lower bound (or minus the AOVs for
     ALI-G+). Returns ``(step, unclipped, clipped)``: the step to take, the
-    step before the ``max_lr`` clip (after the clamp at 0), and a bool
-    tensor that is true when ``max_lr`` was the active bound. ``max_lr=None``
-    means no upper clip (ALI-G infinity).
+    step before the ``max_lr`` clip (after the clamp at 0), and whether
+    ``max_lr`` was the active bound. ``max_lr=None`` means no upper clip
+    (ALI-G infinity). Floats in, floats out (the CPU path, no kernel launches);
+    any tensor in, 0-dim tensors out (no host read).
     """
+    if not isinstance(loss_gap, Tensor) and not isinstance(grad_sq_norm, Tensor):
+        unclipped = max(0.0, loss_gap / (grad_sq_norm + delta))
+        if max_lr is None:
+            return unclipped, unclipped, False
+        return min(unclipped, max_lr), unclipped, unclipped > max_lr
     unclipped = torch.clamp(loss_gap / (grad_sq_norm + delta), min=0.0)
     if max_lr is None:
         return unclipped, unclipped, torch.zeros((), dtype=torch.bool, device=unclipped.device)
@@ -107,11 +113,15 @@ def polyak_step_size(
     return step, unclipped, unclipped > max_lr
 
 
-def as_scalar(step: Scalar) -> Scalar:
-    """A float when reading the value is free (CPU tensor), else the tensor unchanged."""
-    if isinstance(step, Tensor) and step.device.type == "cpu":
-        return step.item()
-    return step
+def as_scalar(value: Scalar) -> Scalar:
+    """A float when reading the value is free (a 0-dim CPU tensor), else unchanged.
+
+    On CPU a host read costs nothing, and Python floats then save a handful of
+    tiny kernel launches per step; on accelerators the tensor stays on device.
+    """
+    if isinstance(value, Tensor) and value.device.type == "cpu" and value.dim() == 0:
+        return value.item()
+    return value
 
 
 def _scaled(tensors: List[Tensor], step: Scalar) -> List[Tensor]:
