@@ -140,7 +140,8 @@ class PolyakBase(torch.optim.Optimizer):
             raise TypeError(f"{name}.step: loss must be a tensor or a number, got {type(loss).__name__}")
         if not isinstance(loss, Tensor):
             loss = torch.tensor(float(loss), dtype=torch.float64)
-        loss = loss.detach()
+        if loss.requires_grad:
+            loss = loss.detach()
         if per_sample:
             if loss.dim() != 1:
                 raise ValueError(
@@ -152,9 +153,9 @@ class PolyakBase(torch.optim.Optimizer):
                 f"{name}.step: loss must be a scalar (the batch mean), got shape {tuple(loss.shape)}; "
                 "reduce it with .mean() first"
             )
-        else:
+        elif loss.dim() != 0:
             loss = loss.reshape(())
-        if not (loss.is_floating_point()):
+        if not loss.is_floating_point():
             loss = loss.to(torch.float32)
         return loss
 

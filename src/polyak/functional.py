@@ -38,14 +38,22 @@ def group_by_device_and_dtype(*tensor_lists: Sequence[Tensor]) -> Dict[Tuple[tor
     Bucketed on the first list's tensors; the i-th tensor of every list goes to
     the same bucket, so the lists stay aligned inside each bucket.
     """
+    first = tensor_lists[0]
+    keys = [(t.device, t.dtype) for t in first]
+    if all(k == keys[0] for k in keys):
+        # The common case (one device, one dtype): no per-tensor regrouping.
+        return {keys[0]: [list(ts) for ts in tensor_lists]} if keys else {}
     buckets: Dict[Tuple[torch.device, torch.dtype], List[List[Tensor]]] = defaultdict(
         lambda: [[] for _ in tensor_lists]
     )
-    for items in zip(*tensor_lists):
-        key = (items[0].device, items[0].dtype)
-        for bucket_list, tensor in zip(buckets[key], items):
-            bucket_list.append(tensor)
+    for i, key in enumerate(keys):
+        for bucket_list, tensors in zip(buckets[key], tensor_lists):
+            bucket_list.append(tensors[i])
     return dict(buckets)
+
+
+# Sums of squares per tensor in one kernel; absent from older torch releases.
+_FOREACH_POWSUM = getattr(torch, "_foreach_powsum", None)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,9 +70,6 @@ def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
     if len(tensors) == 0:
         raise ValueError("global_sq_norm needs at least one tensor")
     home = tensors[0].device
-    out_dtype = _accumulation_dtype(tensors[0].dtype)
-    for t in tensors:
-        out_dtype = torch.promote_types(out_dtype, _accumulation_dtype(t.dtype))
     partials: List[Tensor] = []
     if foreach:
         for (device, dtype), (bucket,) in group_by_device_and_dtype(tensors).items():
@@ -72,14 +77,21 @@ def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
             if acc != dtype:
                 bucket = [t.to(acc) for t in bucket]
             # sums of squares per tensor, then one sum: no sqrt-then-square round trip
-            partials.append(torch.stack(torch._foreach_powsum(bucket, 2)).sum().to(home, out_dtype))
+            if _FOREACH_POWSUM is not None:
+                partials.append(torch.stack(_FOREACH_POWSUM(bucket, 2)).sum())
+            else:  # torch releases before _foreach_powsum
+                partials.append(torch.stack(torch._foreach_norm(bucket, 2)).square().sum())
     else:
         for t in tensors:
-            t = t.to(_accumulation_dtype(t.dtype))
-            partials.append(t.square().sum().to(home, out_dtype))
-    total = partials[0]
+            partials.append(t.to(_accumulation_dtype(t.dtype)).square().sum())
+    if len(partials) == 1:
+        return partials[0]
+    out_dtype = partials[0].dtype
     for p in partials[1:]:
-        total = total + p
+        out_dtype = torch.promote_types(out_dtype, p.dtype)
+    total = partials[0].to(home, out_dtype)
+    for p in partials[1:]:
+        total = total + p.to(home, out_dtype)
     return total
 
 
