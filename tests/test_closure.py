@@ -187,7 +187,7 @@ def test_non_callable_closure_and_wrong_order_are_rejected():
     with pytest.raises(RuntimeError, match="before loss"):
         probe.loss()
     probe.loss_and_grad()
-    with pytest.raises(RuntimeError, match="once per probe"):
+    with pytest.raises(RuntimeError, match="runs once per probe"):
         probe.loss_and_grad()
 
 
@@ -212,3 +212,26 @@ def test_deepcopy_shares_the_closure_and_pickle_drops_it():
     assert not restored.available and restored.evaluated
     with pytest.raises(ClosureError, match="restored from a pickle"):
         restored.loss()
+
+
+def test_first_loss_is_a_plain_forward_without_gradients():
+    x, y = _batch()
+    plain, probed = _net(), _net()
+    torch.manual_seed(4)
+    expected = _closure(plain, x, y)()
+    torch.manual_seed(4)
+    probe = ProbeClosure(_closure(probed, x, y), "Test", list(probed.parameters()))
+    with torch.no_grad():  # optimizers call it from a no_grad step()
+        got = probe.first_loss()
+        again = probe.loss()
+    assert torch.equal(got, expected.detach()) and torch.equal(again, got)
+    assert all(p.grad is None for p in probed.parameters())
+    assert torch.equal(plain[1].running_mean, probed[1].running_mean)
+
+
+def test_loss_and_grad_works_inside_no_grad():
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+    probe = ProbeClosure(lambda: (w ** 2).sum(), "Test", [w])
+    with torch.no_grad():
+        assert float(probe.loss_and_grad()) == 5.0
+    assert torch.equal(w.grad, torch.tensor([2.0, 4.0]))

