@@ -1,0 +1,193 @@
+r"""SPS: the stochastic Polyak step size.
+
+Loizou, Vaswani, Laradji, Lacoste-Julien. "Stochastic Polyak Step-size for SGD:
+An Adaptive Learning Rate for Fast Convergence", AISTATS 2021. A baseline of the
+ALI-G and ALI-G+ papers.
+
+With mini-batch loss :math:`\ell`, its optimal value :math:`f^*` (``fstar``, 0 for
+non-negative losses under interpolation) and :math:`\|g\|^2` ONE squared norm
+over all parameters of all groups, the Polyak part of the step is
+
+.. math::
+    \hat\gamma_t = \frac{\max(\ell - f^*, 0)}{c\,\|g\|^2 + \epsilon}
+
+and the step ``w <- w - gamma_t g`` uses
+
+- ``mode="constant"`` (SPS_max of the paper): :math:`\gamma_t = \min(\hat\gamma_t, \eta_{max})`
+  (no clip with ``eta_max=None``);
+- ``mode="smooth_iter"`` (the authors' code default):
+  :math:`\gamma_t = \min(\hat\gamma_t, \tau^{1/n_b}\,\gamma_{t-1})`, :math:`\gamma_0` =
+  ``init_step_size``, :math:`\tau` = ``gamma`` (2), :math:`n_b` = ``n_batches_per_epoch``:
+  the step may grow by at most a factor tau per epoch.
+
+Deviations from the authors' code, each deliberate:
+
+- Zero-gradient stall. The reference sets the step to 0 whenever ||g|| < 1e-8 and
+  stores that 0 as gamma_{t-1}, so in smooth_iter mode every later step is
+  min(..., tau^(1/n_b) * 0) = 0: training stops for good. Here there is no special
+  case: eps > 0 keeps the formula finite, a zero gradient gives hat-gamma = l/eps,
+  so the step is the cap tau^(1/n_b) gamma_{t-1} (the parameters do not move since
+  g = 0) and the bound carries forward grown by tau^(1/n_b), exactly as for any
+  capped step. A step of size 0 (a loss at or below f*, e.g. an exact
+  interpolating point) carries no information about the step scale, so it leaves
+  the bound at gamma_{t-1} instead of storing 0. Neither case can stall.
+- A loss below ``fstar`` gives step 0 (the paper's rule, ``max(l - f*, 0)``), in
+  both modes; it is not an error, because f* of a mini-batch is only an estimate.
+  The reference ignores f* in smooth_iter mode and would take an ascent step on
+  a negative loss; with the default fstar=0 and non-negative losses both agree.
+- ``eps`` must be > 0 (the reference's experiments ran with eps = 0, which only
+  works together with its zero-gradient special case).
+- Grad centralisation options of the reference are not provided.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_positive
+from ._registry import OptimizerSpec, register
+
+SPS_MODES = ("constant", "smooth_iter")
+
+
+def sps_smooth_bound(previous_step: Tensor, growth: float, n_batches_per_epoch: int) -> Tensor:
+    """The smooth_iter cap tau^(1/n_b) * gamma_{t-1}: at most a factor tau per epoch."""
+    return previous_step * growth ** (1.0 / n_batches_per_epoch)
+
+
+def sps_carried_step(step: Tensor, previous_step: Tensor) -> Tensor:
+    """What smooth_iter remembers as gamma_{t-1}: the step, unless it is 0 (no scale information)."""
+    return torch.where(step > 0, step, previous_step)
+
+
+class SPS(PolyakBase):
+    """Stochastic Polyak step size (SPS_max and the reference's smooth_iter variant).
+
+    Args:
+        params: parameters or param groups. The step is one scalar for all groups
+            (SPS has no per-group hyperparameter).
+        c: scale of ||g||^2 in the denominator (paper theory: 0.5; the authors'
+            experiments: 0.2).
+        eta_max: upper bound of the step in ``mode="constant"`` (None: no bound).
+            Not allowed with ``mode="smooth_iter"``, whose bound is the previous step.
+        fstar: optimal value f* of the mini-batch loss (0 for cross-entropy, hinge,
+            squared losses under interpolation); a loss below it gives step 0.
+        mode: "constant" (SPS_max) or "smooth_iter" (the reference default).
+        gamma: tau, the largest growth of the step per epoch in smooth_iter (2, the
+            reference's name and value); must be >= 1.
+        n_batches_per_epoch: n_b of smooth_iter (the run's batches per epoch).
+        init_step_size: gamma_0 of smooth_iter.
+        eps: added to c ||g||^2 (1e-8); keeps a zero gradient finite.
+        nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
+
+    Example::
+
+        opt = SPS(model.parameters(), c=0.2, n_batches_per_epoch=len(loader))
+        loss = criterion(model(x), y); opt.zero_grad(); loss.backward()
+        opt.step(loss=loss)
+    """
+
+    def __init__(
+        self,
+        params,
+        c: float = 0.5,
+        eta_max: Optional[float] = None,
+        fstar: float = 0.0,
+        mode: str = "smooth_iter",
+        gamma: float = 2.0,
+        n_batches_per_epoch: int = 500,
+        init_step_size: float = 1.0,
+        eps: float = 1e-8,
+        *,
+        nonfinite: str = "skip",
+        foreach: bool = True,
+    ):
+        check_choice("mode", mode, SPS_MODES)
+        check_positive("c", c, fix="The paper uses 0.5 in theory and 0.2 for deep networks.")
+        check_positive("eta_max", eta_max, allow_none=True, fix="Use None for no bound.")
+        if eta_max is not None and mode == "smooth_iter":
+            raise ValueError(
+                "eta_max applies to mode='constant' only; mode='smooth_iter' bounds each step by the "
+                "previous one (see gamma and n_batches_per_epoch). Pass mode='constant' to use eta_max."
+            )
+        if not isinstance(fstar, (int, float)) or isinstance(fstar, bool) or not math.isfinite(fstar):
+            raise ValueError(f"fstar must be a finite number (0 for non-negative losses), got {fstar!r}")
+        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not (math.isfinite(gamma) and gamma >= 1):
+            raise ValueError(
+                f"gamma must be a finite number >= 1 (the largest growth of the step per epoch; the reference "
+                f"uses 2), got {gamma!r}; a value below 1 would shrink the step every iteration whatever the loss"
+            )
+        if isinstance(n_batches_per_epoch, bool) or not isinstance(n_batches_per_epoch, int) or n_batches_per_epoch < 1:
+            raise ValueError(
+                f"n_batches_per_epoch must be an int >= 1 (the number of step() calls per epoch), got {n_batches_per_epoch!r}"
+            )
+        check_positive("init_step_size", init_step_size, fix="It is the step size gamma_0 of smooth_iter (1 in the reference).")
+        check_positive("eps", eps, fix="It keeps the step finite when the gradient vanishes (1e-8).")
+        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
+        # Loss-level constants: one loss and one step for all groups.
+        self.c = float(c)
+        self.eta_max = None if eta_max is None else float(eta_max)
+        self.fstar = float(fstar)
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.n_batches_per_epoch = n_batches_per_epoch
+        self.init_step_size = float(init_step_size)
+        self.eps = float(eps)
+
+    def _previous_step(self, like: Tensor) -> Tensor:
+        state = self.state[GLOBAL_STATE]
+        if "previous_step" not in state:
+            state["previous_step"] = torch.tensor(self.init_step_size, dtype=like.dtype, device=like.device)
+        return state["previous_step"].to(like.device, like.dtype)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss=None):
+        """One SPS step. Give the batch loss (``loss=``) after ``backward()``, or a
+        torch-style closure that computes the loss, calls backward and returns it."""
+        loss = self._loss_tensor(loss, closure)
+        self._count_passes(1, 1)
+        groups = self._params_with_grad()
+        grads = [p.grad for ps in groups for p in ps]
+        if not grads:
+            return loss
+        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
+        # f* > loss is the paper's "step 0", not a user error: no lower bound check.
+        if self._guard(loss, grad_sq_norm, None):
+            return loss
+        gap = torch.clamp(loss.to(grad_sq_norm.device, grad_sq_norm.dtype) - self.fstar, min=0.0)
+        if self.mode == "constant":
+            upper = self.eta_max
+        else:
+            previous = self._previous_step(grad_sq_norm)
+            upper = sps_smooth_bound(previous, self.gamma, self.n_batches_per_epoch)
+        step, unclipped, clipped = F.polyak_step_size(gap, self.c * grad_sq_norm, self.eps, upper)
+        if self.mode == "smooth_iter":
+            self.state[GLOBAL_STATE]["previous_step"] = sps_carried_step(step, previous)
+        scalar_step = F.as_scalar(step)
+        for group, params in zip(self.param_groups, groups):
+            self._set_step_stats(group, step, unclipped, clipped)
+            if params:
+                F.sgd_step_(params, [p.grad for p in params], scalar_step, foreach=self.foreach)
+        self.global_state["step"] += 1
+        return loss
+
+
+register(OptimizerSpec(
+    name="sps",
+    factory=SPS,
+    needs=frozenset({"loss"}),
+    passes=(1, 1),
+    # smooth_iter is the reference default (ALGORITHMS.md); c = 0.2 is the value of every
+    # experiment group in the authors' exp_configs (the class keeps the paper's 0.5).
+    defaults={"mode": "smooth_iter", "c": 0.2},
+    context=frozenset({"n_batches_per_epoch"}),
+    # c is the knob the SPS authors set per experiment; smooth_iter has no eta_max to tune.
+    # No published grid: powers of ten around their 0.2.
+    step_size_param="c",
+    step_size_grid=(0.02, 0.2, 2.0),
+    summary="SPS: stochastic Polyak step, smooth_iter bound (Loizou et al., AISTATS 2021)",
+))
