@@ -1,0 +1,282 @@
+r"""PAL: Parabolic Approximation Line search.
+
+Mutschler, Zell. "Parabolic Approximation Line Search for DNNs", NeurIPS 2020.
+
+Each step fits a parabola to the loss of THIS batch along one direction over
+all parameters of all groups and jumps to (a multiple of) its minimum:
+
+.. math::
+    d = g \ \text{or}\ d \leftarrow \beta d + g, \qquad
+    b = -\frac{g \cdot d}{\|d\|}, \qquad
+    a = \frac{\ell(w_0 - \mu \hat d) - \ell(w_0) - b\mu}{\mu^2}, \qquad
+    \hat d = d / \|d\|
+
+    s = \begin{cases} -\frac{b}{2a}\,\alpha & a > 0,\ b < 0 \\
+                       \mu & a \le 0,\ b < 0 \\
+                       0 & b \ge 0 \end{cases}, \qquad
+    s \leftarrow \min(s, s_{max}), \qquad w \leftarrow w_0 - s\,\hat d
+
+with measuring step :math:`\mu` (``measuring_step``), update step adaptation
+:math:`\alpha` (``update_factor``, 1/0.6), direction adaptation :math:`\beta`
+(``momentum``, 0.4) and :math:`s_{max}` (``max_step``, 3.16), clipped AFTER the
+factor as in the paper. A non-finite :math:`a` or :math:`b` makes no step.
+Cost: 2 forwards and 1 backward per step.
+
+Closure contract (shared by all line searches, see :mod:`polyak._closure`):
+``opt.step(closure)`` where ``closure()`` computes the mean loss of this step's
+batch and returns it WITHOUT calling backward. The optimizer runs the backward
+itself and re-evaluates the closure at the measuring point with the same
+randomness (dropout) and without touching BatchNorm running statistics.
+
+Deviations from the authors' code (PyTorch ``PalOptimizer``), all deliberate:
+
+* one direction, one norm and one parabola over every param group (the
+  reference returns after the first group, leaving the others untouched);
+* the final position is computed from a saved copy of the start point,
+  :math:`w = w_0 - (s/\|d\|)\,d`, one rounding per entry whatever
+  :math:`\mu`; the reference moves on by :math:`s - \mu` from the measuring
+  point, which adds the probe's rounding and, for :math:`s = 0`, cannot come
+  back to :math:`w_0` bit-exactly. The cost is one parameter-sized buffer;
+* a non-finite parabola restores the start point exactly and leaves the
+  direction buffer unchanged (the reference returns from the measuring point);
+* ``p.grad`` keeps the gradient (the reference overwrites it with the direction);
+* a zero direction gives :math:`b = 0` hence no move, through a tiny floor on
+  :math:`\|d\|` (the reference's ``epsilon``), not a skipped step.
+
+``param_groups[i]["step_size"]`` is the learning rate the step applied to
+:math:`d` (:math:`s/\|d\|`, what the reference returns), ``"update_step"`` the
+distance :math:`s` moved along the unit direction; ``global_state["parabola"]``
+holds the last :math:`\ell_0, \ell_\mu, a, b, \|d\|`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
+from ._closure import ClosureError, ProbeClosure
+from ._registry import OptimizerSpec, register
+
+# Floor of ||d||: keeps b = -(g.d)/||d|| finite (= 0) for a zero direction.
+_DIRECTION_NORM_FLOOR = 1e-30
+
+
+def global_dot(xs: List[Tensor], ys: List[Tensor]) -> Tensor:
+    """sum_i <x_i, y_i> over all tensor pairs as one 0-dim tensor on the device of the
+    first tensor, accumulated in the widest dtype met and at least float32 (like
+    ``functional.global_sq_norm``). (Shared-helper candidate for functional.py.)"""
+    if len(xs) == 0:
+        raise ValueError("global_dot needs at least one tensor")
+    home = xs[0].device
+    acc = torch.float32
+    for x, y in zip(xs, ys):
+        acc = torch.promote_types(acc, torch.promote_types(x.dtype, y.dtype))
+    parts = [torch.dot(x.reshape(-1).to(acc), y.reshape(-1).to(acc)).to(home) for x, y in zip(xs, ys)]
+    return torch.stack(parts).sum()
+
+
+def parabolic_update_step(
+    loss_0: Tensor, loss_mu: Tensor, slope: Tensor, measuring_step: float, update_factor: float, max_step: float
+):
+    """PAL's jump distance s along the unit direction from a 2-point + slope parabola.
+
+    Returns ``(s, s_before_clip, curvature, finite)`` as 0-dim tensors, branch-free
+    (no host read). ``finite`` is false when the curvature or slope is NaN/inf; ``s``
+    is then 0.
+    """
+    curvature = (loss_mu - loss_0 - slope * measuring_step) / (measuring_step * measuring_step)
+    descent = slope < 0
+    # -b/(2a) is evaluated for every a; where() keeps it only where a > 0.
+    parabola_min = -slope / (2 * curvature) * update_factor
+    unclipped = torch.where(
+        descent & (curvature > 0), parabola_min,
+        torch.where(descent, torch.full_like(slope, measuring_step), torch.zeros_like(slope)),
+    )
+    finite = torch.isfinite(curvature) & torch.isfinite(slope)
+    unclipped = torch.where(finite, unclipped, torch.zeros_like(unclipped))
+    step = unclipped if max_step is None else torch.clamp(unclipped, max=max_step)
+    return step, unclipped, curvature, finite
+
+
+class PAL(PolyakBase):
+    """PAL line search (2 forwards + 1 backward per step).
+
+    Args:
+        params: parameters or param groups; ONE line search runs over all groups,
+            so the hyperparameters below are optimizer-wide (not per group).
+        measuring_step: mu, the distance of the second loss measurement along the
+            unit direction (paper: 1; good values 0.1 to 1).
+        update_factor: alpha, multiplies the parabola's minimum (paper: 1/0.6).
+        max_step: s_max, the largest distance moved along the unit direction, applied
+            after ``update_factor`` (paper: 3.16); None disables it.
+        momentum: beta, direction adaptation d <- beta*d + g (paper: 0.4; 0 uses d = g).
+        nonfinite, foreach: see :class:`polyak._base.PolyakBase`; a non-finite loss,
+            gradient, slope or curvature is such a case.
+
+    Example::
+
+        opt = PAL(model.parameters())
+        def closure():                      # no backward here
+            return criterion(model(x), y)
+        opt.step(closure)
+    """
+
+    passes_per_step = (2, 1)
+    _OPTIMIZER_WIDE = ("measuring_step", "update_factor", "max_step", "momentum")
+
+    def __init__(
+        self,
+        params,
+        measuring_step: float = 1.0,
+        update_factor: float = 1 / 0.6,
+        max_step: float = 3.16,
+        momentum: float = 0.4,
+        *,
+        nonfinite: str = "skip",
+        foreach: bool = True,
+    ):
+        check_positive("measuring_step", measuring_step, fix="It is the distance of the second loss measurement (paper: 1).")
+        check_positive("update_factor", update_factor, fix="It multiplies the parabola's minimum (paper: 1/0.6).")
+        check_positive("max_step", max_step, allow_none=True, fix="It caps the distance moved per step (paper: 3.16).")
+        check_in_range("momentum", momentum, 0.0, 1.0)
+        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
+        reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
+        self.measuring_step = float(measuring_step)
+        self.update_factor = float(update_factor)
+        self.max_step = None if max_step is None else float(max_step)
+        self.momentum = float(momentum)
+        self._start_point = StartPoint(foreach)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss=None):
+        """One PAL step. ``closure()`` returns this batch's mean loss without backward."""
+        if loss is not None or closure is None:
+            raise ClosureError(
+                "PAL.step needs step(closure) where closure() computes this batch's mean loss and returns it "
+                "WITHOUT calling backward: PAL runs backward itself and re-evaluates the loss at a second point"
+            )
+        probe = ProbeClosure(closure, "PAL", self._all_params(), on_pass=self._count_passes)
+        with torch.enable_grad():  # step() runs under no_grad; the backward needs the graph
+            loss_0 = probe.loss_and_grad()
+        params = [p for ps in self._params_with_grad() for p in ps]
+        if not params:
+            return loss_0
+        grads = [p.grad for p in params]
+        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
+        if self._guard(loss_0, grad_sq_norm, None):
+            return loss_0
+
+        if self.momentum > 0:
+            directions = self._adapted_directions(params, grads)
+            direction_sq_norm = F.global_sq_norm(directions, foreach=self.foreach)
+            grad_dot_direction = global_dot(grads, directions)
+        else:
+            directions = grads
+            direction_sq_norm = grad_sq_norm
+            grad_dot_direction = grad_sq_norm
+        scalar_dtype = torch.promote_types(direction_sq_norm.dtype, loss_0.dtype)
+        direction_norm = direction_sq_norm.to(scalar_dtype).sqrt().clamp(min=_DIRECTION_NORM_FLOOR)
+        slope = -grad_dot_direction.to(scalar_dtype) / direction_norm
+        loss_0 = loss_0.to(direction_norm.device)
+
+        start_points = self._start_point.save(params)
+        F.sgd_step_(params, directions, F.as_scalar(self.measuring_step / direction_norm), foreach=self.foreach)
+        loss_mu = probe.loss().to(direction_norm.device)
+
+        update_step, unclipped, curvature, finite = parabolic_update_step(
+            loss_0.to(scalar_dtype), loss_mu.to(scalar_dtype), slope,
+            self.measuring_step, self.update_factor, self.max_step,
+        )
+        if self.nonfinite != "unchecked" and not bool(finite):
+            copy_all_(params, start_points, self.foreach)
+            if self.nonfinite == "raise":
+                raise NonFiniteError(
+                    "PAL.step: the loss at the measuring point made the parabola NaN or infinite; the parameters "
+                    "were restored (nonfinite='skip' skips such steps instead)"
+                )
+            self.global_state["skipped_steps"] += 1
+            return loss_0
+
+        learning_rate = update_step / direction_norm
+        # From the saved start point: one rounding per entry (see the module docstring).
+        copy_all_(params, start_points, self.foreach)
+        F.sgd_step_(params, directions, F.as_scalar(learning_rate), foreach=self.foreach)
+
+        if self.momentum > 0:
+            for p, d in zip(params, directions):
+                self.state[p]["direction"] = d
+        clipped = unclipped > self.max_step if self.max_step is not None else torch.zeros_like(unclipped, dtype=torch.bool)
+        for group in self.param_groups:
+            self._set_step_stats(group, learning_rate, unclipped / direction_norm, clipped)
+            group["update_step"] = update_step
+        self.global_state["parabola"] = {
+            "loss": loss_0, "loss_at_measuring_step": loss_mu, "slope": slope,
+            "curvature": curvature, "direction_norm": direction_norm,
+        }
+        self.global_state["step"] += 1
+        return loss_0
+
+    def _adapted_directions(self, params: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
+        """d = beta*d_prev + g into NEW tensors: the stored direction changes only
+        once the step succeeds, so a skipped step leaves the state bit-identical.
+        Without a previous direction d = g exactly (beta*0 + g)."""
+        previous = [self.state[p].get("direction") for p in params]
+        if self.foreach and all(d is not None for d in previous):
+            directions = torch._foreach_mul(previous, self.momentum)
+            torch._foreach_add_(directions, grads)
+            return list(directions)
+        return [g.clone() if d is None else d * self.momentum + g for d, g in zip(previous, grads)]
+
+
+class StartPoint:
+    """Scratch copy of the parameters at the start of a line search, reused between
+    steps and never checkpointed (it means nothing between steps). Restoring is a
+    copy, so the parameters come back bit-identical. (Shared-helper candidate.)"""
+
+    def __init__(self, foreach: bool = True):
+        self.foreach = foreach
+        self._buffers: Dict[int, Tensor] = {}
+
+    def save(self, params: List[Tensor]) -> List[Tensor]:
+        buffers = []
+        for p in params:
+            buf = self._buffers.get(id(p))
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                self._buffers[id(p)] = buf
+            buffers.append(buf)
+        copy_all_(buffers, params, self.foreach)
+        return buffers
+
+
+def copy_all_(destinations: List[Tensor], sources: List[Tensor], foreach: bool = True) -> None:
+    """d.copy_(s) for every pair, one multi-tensor kernel when ``foreach``."""
+    if foreach:
+        torch._foreach_copy_(destinations, sources)
+    else:
+        for d, s in zip(destinations, sources):
+            d.copy_(s)
+
+
+def reject_per_group_hyperparameters(optimizer: PolyakBase, names) -> None:
+    """A single global line search has one value of each hyperparameter; a group that
+    sets one would silently be ignored, so it is an error. (Shared-helper candidate.)"""
+    for index, group in enumerate(optimizer.param_groups):
+        overridden = sorted(set(group) & set(names))
+        if overridden:
+            raise ValueError(
+                f"{type(optimizer).__name__} runs ONE line search over all param groups, so {', '.join(overridden)} "
+                f"cannot be set per group (param group {index}); pass it to the constructor instead"
+            )
+
+
+register(OptimizerSpec(
+    name="pal",
+    factory=PAL,
+    needs=frozenset({"probe_closure"}),
+    passes=(2, 1),
+    summary="PAL: parabolic approximation line search, 2 forwards + 1 backward (Mutschler & Zell, NeurIPS 2020)",
+))
