@@ -287,18 +287,6 @@ def test_epochs_after_the_last_section_do_not_update():
     assert opt.global_state["aov_updates"] == 2
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("step_kind", ["float", "tensor"])
-def test_decoupled_weight_decay_is_the_lambda_p_part_of_the_step(foreach, step_kind):
-    from polyak.alig_plus import decoupled_weight_decay_
-    step = 0.3 if step_kind == "float" else torch.tensor(0.3)   # a tensor step is what accelerators pass
-    a, b = torch.tensor([1.0, -2.0]), torch.tensor([[4.0]])
-    params = [a.clone(), b.clone()]
-    decoupled_weight_decay_(params, step, 0.1, foreach=foreach)
-    assert torch.allclose(params[0], a - 0.3 * 0.1 * a, rtol=0, atol=1e-15)
-    assert torch.allclose(params[1], b - 0.3 * 0.1 * b, rtol=0, atol=1e-15)
-
-
 # ----------------------------------------------------------------------- state_dict resume
 @pytest.mark.parametrize("aov,loss_record", [
     ("per_sample", "last"), ("per_sample", "best_epoch"), ("global_running", "best_epoch"),

@@ -86,3 +86,66 @@ def test_group_by_device_and_dtype_keeps_lists_aligned():
     buckets = F.group_by_device_and_dtype(a, b)
     f32 = buckets[(torch.device("cpu"), torch.float32)]
     assert [t.numel() for t in f32[0]] == [1, 3] and [t.numel() for t in f32[1]] == [1, 3]
+
+
+def test_global_dot_foreach_matches_the_per_tensor_loop_and_the_formula():
+    xs, ys = _tensors(3), _tensors(4)
+    expected = sum(float((x * y).sum()) for x, y in zip(xs, ys))
+    fast, loop = F.global_dot(xs, ys, foreach=True), F.global_dot(xs, ys, foreach=False)
+    assert fast.dtype == loop.dtype == torch.float64 and fast.dim() == 0
+    torch.testing.assert_close(fast, loop, rtol=1e-14, atol=0)
+    assert float(loop) == pytest.approx(expected, rel=1e-14)
+
+
+def test_global_dot_of_a_list_with_itself_is_the_squared_norm():
+    ts = _tensors(5)
+    assert float(F.global_dot(ts, ts)) == pytest.approx(float(F.global_sq_norm(ts)), rel=1e-14)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_global_dot_accumulates_half_precision_in_float32_across_dtypes(foreach):
+    xs = [torch.full((1000,), 0.01, dtype=torch.bfloat16), torch.full((3,), 2.0, dtype=torch.float64)]
+    ys = [torch.full((1000,), 0.01, dtype=torch.bfloat16), torch.full((3,), 0.5, dtype=torch.float64)]
+    out = F.global_dot(xs, ys, foreach=foreach)
+    assert out.dtype == torch.float64
+    expected = 1000 * float(torch.tensor(0.01, dtype=torch.bfloat16).float()) ** 2 + 3.0
+    assert float(out) == pytest.approx(expected, rel=1e-5)
+
+
+def test_global_dot_rejects_empty_and_unequal_lists():
+    with pytest.raises(ValueError, match="at least one tensor"):
+        F.global_dot([], [])
+    with pytest.raises(ValueError, match="equal length"):
+        F.global_dot(_tensors(0), _tensors(1)[:2])
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_copy_all_copies_every_pair_bit_exactly(foreach):
+    sources, destinations = _tensors(6), [torch.zeros(t.shape, dtype=torch.float64) for t in _tensors(6)]
+    F.copy_all_(destinations, sources, foreach=foreach)
+    for d, s in zip(destinations, sources):
+        assert torch.equal(d, s) and d.data_ptr() != s.data_ptr()
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("step_kind", ["float", "tensor"])
+def test_decoupled_weight_decay_is_the_lambda_p_part_of_the_step(foreach, step_kind):
+    step = 0.3 if step_kind == "float" else torch.tensor(0.3)   # a tensor step is what accelerators pass
+    a, b = torch.tensor([1.0, -2.0]), torch.tensor([[4.0]])
+    params = [a.clone(), b.clone()]
+    F.decoupled_weight_decay_(params, step, 0.1, foreach=foreach)
+    assert torch.allclose(params[0], a - 0.3 * 0.1 * a, rtol=0, atol=1e-15)
+    assert torch.allclose(params[1], b - 0.3 * 0.1 * b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_decoupled_weight_decay_in_float64_and_its_no_op_cases(foreach):
+    ts = _tensors(7)
+    params = [t.clone() for t in ts]
+    F.decoupled_weight_decay_(params, 0.25, 1e-2, foreach=foreach)
+    for p, t in zip(params, ts):
+        torch.testing.assert_close(p, t * (1.0 - 0.25 * 1e-2), rtol=0, atol=0)
+    for step, weight_decay in ((0.25, 0.0), (0.0, 1e-2)):   # nothing to decay: bit-identical
+        untouched = [t.clone() for t in ts]
+        F.decoupled_weight_decay_(untouched, step, weight_decay, foreach=foreach)
+        assert all(torch.equal(u, t) for u, t in zip(untouched, ts))

@@ -193,7 +193,7 @@ class L4(PolyakBase):
             directions.append(v)
             grad_estimates.extend(g_hat)
         flat_directions = [d for ds in directions for d in ds]
-        inner_product = _global_dot(flat_directions, grad_estimates, self.foreach).to(loss.device, work_dtype)
+        inner_product = F.global_dot(flat_directions, grad_estimates, foreach=self.foreach).to(loss.device, work_dtype)
 
         for group, params, v in zip(self.param_groups, groups, directions):
             eta = l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
@@ -203,18 +203,6 @@ class L4(PolyakBase):
         state["min_loss"] = min_loss * (1.0 + 1.0 / self.min_loss_forget_time)
         state["step"] = step
         return loss
-
-
-def _global_dot(a: List[Tensor], b: List[Tensor], foreach: bool) -> Tensor:
-    """sum_i <a_i, b_i> over all tensors, accumulated in at least float32."""
-    acc = torch.promote_types(a[0].dtype, torch.float32)
-    if foreach:
-        products = torch._foreach_mul([x.to(acc) for x in a], [y.to(acc) for y in b])
-        return torch.stack([p.sum() for p in products]).sum()
-    total = torch.zeros((), dtype=acc, device=a[0].device)
-    for x, y in zip(a, b):
-        total = total + (x.to(acc) * y.to(acc)).sum().to(total.device)
-    return total
 
 
 def _check_group(group, where: str = "") -> None:

@@ -87,7 +87,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import PolyakBase, check_choice, check_positive
+from ._base import PolyakBase, check_choice, check_int, check_positive
 from ._closure import ProbeClosure
 from ._registry import OptimizerSpec, register
 
@@ -133,11 +133,6 @@ def batch_inferences_at(call: int, total_steps: int, schedule: Sequence[Tuple[fl
         if call >= fraction * total_steps:
             base = inferences
     return max(1, int(base * noise_factor))
-
-
-def _check_int(name: str, value: Any, minimum: int, fix: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}. {fix}".rstrip())
 
 
 class LABPAL(PolyakBase):
@@ -195,19 +190,19 @@ class LABPAL(PolyakBase):
     ):
         check_choice("mode", mode, MODES)
         check_choice("fit", fit, FITS)
-        _check_int("approx_batches", approx_batches, 1, "The paper uses 10 (1280 samples at batch size 128).")
-        _check_int("reuse_steps", reuse_steps, 1, "The paper reuses a measurement for 1000 updates.")
+        check_int("approx_batches", approx_batches, 1, "The paper uses 10 (1280 samples at batch size 128).")
+        check_int("reuse_steps", reuse_steps, 1, "The paper reuses a measurement for 1000 updates.")
         check_positive("alpha", alpha, fix="The paper uses 1.8.")
         check_positive("max_step", max_step, fix="The paper uses 1.0.")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         measure_points = self._checked_points(measure_points, fit)
-        _check_int("total_steps", total_steps, 1, "Pass the number of step() calls (input batches) of the run.")
-        _check_int("batch_size", batch_size, 1, "Pass the size of one input batch.")
-        _check_int("dataset_size", dataset_size, 1, "Pass the number of training samples.")
+        check_int("total_steps", total_steps, 1, "Pass the number of step() calls (input batches) of the run.")
+        check_int("batch_size", batch_size, 1, "Pass the size of one input batch.")
+        check_int("dataset_size", dataset_size, 1, "Pass the number of training samples.")
         batch_schedule = self._checked_schedule(batch_schedule)
-        _check_int("untrusted_updates", untrusted_updates, 0)
-        _check_int("average_over", average_over, 1)
+        check_int("untrusted_updates", untrusted_updates, 0)
+        check_int("average_over", average_over, 1)
         super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
         for group in self.param_groups:
             extra = set(group) - {"params", "step_size", "param_names"}

@@ -50,32 +50,17 @@ holds the last :math:`\ell_0, \ell_\mu, a, b, \|d\|`.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
 import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
-from ._closure import ClosureError, ProbeClosure
+from ._base import NonFiniteError, PolyakBase, StartPoint, check_in_range, check_positive, reject_per_group_hyperparameters
 from ._registry import OptimizerSpec, register
 
 # Floor of ||d||: keeps b = -(g.d)/||d|| finite (= 0) for a zero direction.
 _DIRECTION_NORM_FLOOR = 1e-30
-
-
-def global_dot(xs: List[Tensor], ys: List[Tensor]) -> Tensor:
-    """sum_i <x_i, y_i> over all tensor pairs as one 0-dim tensor on the device of the
-    first tensor, accumulated in the widest dtype met and at least float32 (like
-    ``functional.global_sq_norm``). (Shared-helper candidate for functional.py.)"""
-    if len(xs) == 0:
-        raise ValueError("global_dot needs at least one tensor")
-    home = xs[0].device
-    acc = torch.float32
-    for x, y in zip(xs, ys):
-        acc = torch.promote_types(acc, torch.promote_types(x.dtype, y.dtype))
-    parts = [torch.dot(x.reshape(-1).to(acc), y.reshape(-1).to(acc)).to(home) for x, y in zip(xs, ys)]
-    return torch.stack(parts).sum()
 
 
 def parabolic_update_step(
@@ -153,26 +138,14 @@ class PAL(PolyakBase):
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
         """One PAL step. ``closure()`` returns this batch's mean loss without backward."""
-        if loss is not None or closure is None:
-            raise ClosureError(
-                "PAL.step needs step(closure) where closure() computes this batch's mean loss and returns it "
-                "WITHOUT calling backward: PAL runs backward itself and re-evaluates the loss at a second point"
-            )
-        probe = ProbeClosure(closure, "PAL", self._all_params(), on_pass=self._count_passes)
-        with torch.enable_grad():  # step() runs under no_grad; the backward needs the graph
-            loss_0 = probe.loss_and_grad()
-        params = [p for ps in self._params_with_grad() for p in ps]
+        probe, loss_0, params, grads, grad_sq_norm = self._begin_line_search(closure, loss, "at a second point")
         if not params:
-            return loss_0
-        grads = [p.grad for p in params]
-        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
-        if self._guard(loss_0, grad_sq_norm, None):
             return loss_0
 
         if self.momentum > 0:
             directions = self._adapted_directions(params, grads)
             direction_sq_norm = F.global_sq_norm(directions, foreach=self.foreach)
-            grad_dot_direction = global_dot(grads, directions)
+            grad_dot_direction = F.global_dot(grads, directions, foreach=self.foreach)
         else:
             directions = grads
             direction_sq_norm = grad_sq_norm
@@ -191,7 +164,7 @@ class PAL(PolyakBase):
             self.measuring_step, self.update_factor, self.max_step,
         )
         if self.nonfinite != "unchecked" and not bool(finite):
-            copy_all_(params, start_points, self.foreach)
+            F.copy_all_(params, start_points, self.foreach)
             if self.nonfinite == "raise":
                 raise NonFiniteError(
                     "PAL.step: the loss at the measuring point made the parabola NaN or infinite; the parameters "
@@ -202,7 +175,7 @@ class PAL(PolyakBase):
 
         learning_rate = update_step / direction_norm
         # From the saved start point: one rounding per entry (see the module docstring).
-        copy_all_(params, start_points, self.foreach)
+        F.copy_all_(params, start_points, self.foreach)
         F.sgd_step_(params, directions, F.as_scalar(learning_rate), foreach=self.foreach)
 
         if self.momentum > 0:
@@ -229,48 +202,6 @@ class PAL(PolyakBase):
             torch._foreach_add_(directions, grads)
             return list(directions)
         return [g.clone() if d is None else d * self.momentum + g for d, g in zip(previous, grads)]
-
-
-class StartPoint:
-    """Scratch copy of the parameters at the start of a line search, reused between
-    steps and never checkpointed (it means nothing between steps). Restoring is a
-    copy, so the parameters come back bit-identical. (Shared-helper candidate.)"""
-
-    def __init__(self, foreach: bool = True):
-        self.foreach = foreach
-        self._buffers: Dict[int, Tensor] = {}
-
-    def save(self, params: List[Tensor]) -> List[Tensor]:
-        buffers = []
-        for p in params:
-            buf = self._buffers.get(id(p))
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                self._buffers[id(p)] = buf
-            buffers.append(buf)
-        copy_all_(buffers, params, self.foreach)
-        return buffers
-
-
-def copy_all_(destinations: List[Tensor], sources: List[Tensor], foreach: bool = True) -> None:
-    """d.copy_(s) for every pair, one multi-tensor kernel when ``foreach``."""
-    if foreach:
-        torch._foreach_copy_(destinations, sources)
-    else:
-        for d, s in zip(destinations, sources):
-            d.copy_(s)
-
-
-def reject_per_group_hyperparameters(optimizer: PolyakBase, names) -> None:
-    """A single global line search has one value of each hyperparameter; a group that
-    sets one would silently be ignored, so it is an error. (Shared-helper candidate.)"""
-    for index, group in enumerate(optimizer.param_groups):
-        overridden = sorted(set(group) & set(names))
-        if overridden:
-            raise ValueError(
-                f"{type(optimizer).__name__} runs ONE line search over all param groups, so {', '.join(overridden)} "
-                f"cannot be set per group (param group {index}); pass it to the constructor instead"
-            )
 
 
 register(OptimizerSpec(

@@ -72,10 +72,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import PolyakBase, check_choice, check_in_range, check_positive
-from ._closure import ClosureError, ProbeClosure
+from ._base import PolyakBase, StartPoint, check_choice, check_in_range, check_int, check_positive, reject_per_group_hyperparameters
 from ._registry import OptimizerSpec, register
-from .pal import StartPoint, copy_all_, reject_per_group_hyperparameters
 
 CONDITIONS = ("armijo", "goldstein")
 RESET_OPTIONS = (0, 1, 2)
@@ -180,16 +178,11 @@ class SLS(PolyakBase):
         if reset not in RESET_OPTIONS or isinstance(reset, bool):
             raise ValueError(f"reset must be one of {RESET_OPTIONS} (0 keep, 1 grow by gamma^(1/n_batches_per_epoch), 2 restart from init_step_size), got {reset!r}")
         check_positive("eta_max", eta_max, allow_none=True, fix="It caps the step size (reference: 10).")
-        if not isinstance(n_batches_per_epoch, int) or isinstance(n_batches_per_epoch, bool) or n_batches_per_epoch < 1:
-            raise ValueError(
-                f"n_batches_per_epoch must be a positive int (the number of steps per epoch, e.g. len(train_loader)), "
-                f"got {n_batches_per_epoch!r}"
-            )
+        check_int("n_batches_per_epoch", n_batches_per_epoch, 1, "It is the number of steps per epoch, e.g. len(train_loader).")
         check_in_range("momentum", momentum, 0.0, 1.0)
         if not (isinstance(grow_factor, (int, float)) and not isinstance(grow_factor, bool) and math.isfinite(grow_factor) and grow_factor > 1):
             raise ValueError(f"grow_factor must be a finite number > 1 (Goldstein's growth, reference: 2), got {grow_factor!r}")
-        if not isinstance(max_tries, int) or isinstance(max_tries, bool) or max_tries < 1:
-            raise ValueError(f"max_tries must be a positive int (the most trial forwards per search, reference: 100), got {max_tries!r}")
+        check_int("max_tries", max_tries, 1, "It is the most trial forwards per search (reference: 100).")
         super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
         reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
         self.condition = condition
@@ -210,20 +203,8 @@ class SLS(PolyakBase):
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
         """One SLS step. ``closure()`` returns this batch's mean loss without backward."""
-        if loss is not None or closure is None:
-            raise ClosureError(
-                "SLS.step needs step(closure) where closure() computes this batch's mean loss and returns it "
-                "WITHOUT calling backward: SLS runs backward itself and re-evaluates the loss at trial points"
-            )
-        probe = ProbeClosure(closure, "SLS", self._all_params(), on_pass=self._count_passes)
-        with torch.enable_grad():  # step() runs under no_grad; the backward needs the graph
-            loss_0 = probe.loss_and_grad()
-        params = [p for ps in self._params_with_grad() for p in ps]
+        probe, loss_0, params, grads, grad_sq_norm_t = self._begin_line_search(closure, loss, "at trial points")
         if not params:
-            return loss_0
-        grads = [p.grad for p in params]
-        grad_sq_norm_t = F.global_sq_norm(grads, foreach=self.foreach)
-        if self._guard(loss_0, grad_sq_norm_t, None):
             return loss_0
 
         step_size = reset_step_size(
@@ -249,7 +230,7 @@ class SLS(PolyakBase):
 
     # ------------------------------------------------------------------ searches
     def _try(self, probe, params, grads, start_points, step_size: float) -> float:
-        copy_all_(params, start_points, self.foreach)
+        F.copy_all_(params, start_points, self.foreach)
         F.sgd_step_(params, grads, step_size, foreach=self.foreach)
         return float(probe.loss())
 
@@ -261,7 +242,7 @@ class SLS(PolyakBase):
                 return step_size, step_size, trial
             step_size *= self.beta
         # Reference fallback: a tiny step, while the shrunk step size carries on.
-        copy_all_(params, start_points, self.foreach)
+        F.copy_all_(params, start_points, self.foreach)
         F.sgd_step_(params, grads, _FALLBACK_STEP_SIZE, foreach=self.foreach)
         return step_size, _FALLBACK_STEP_SIZE, self.max_tries
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_positive
+from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._registry import OptimizerSpec, register
 
 SPS_MODES = ("constant", "smooth_iter")
@@ -121,10 +121,7 @@ class SPS(PolyakBase):
                 f"gamma must be a finite number >= 1 (the largest growth of the step per epoch; the reference "
                 f"uses 2), got {gamma!r}; a value below 1 would shrink the step every iteration whatever the loss"
             )
-        if isinstance(n_batches_per_epoch, bool) or not isinstance(n_batches_per_epoch, int) or n_batches_per_epoch < 1:
-            raise ValueError(
-                f"n_batches_per_epoch must be an int >= 1 (the number of step() calls per epoch), got {n_batches_per_epoch!r}"
-            )
+        check_int("n_batches_per_epoch", n_batches_per_epoch, 1, "It is the number of step() calls per epoch.")
         check_positive("init_step_size", init_step_size, fix="It is the step size gamma_0 of smooth_iter (1 in the reference).")
         check_positive("eps", eps, fix="It keeps the step finite when the gradient vanishes (1e-8).")
         super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
