@@ -205,6 +205,16 @@ class PolyakBase(torch.optim.Optimizer):
             )
         return False
 
+    def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
+        """The opening of every step that is given the loss (ALI-G, SPS, L4): the
+        loss from ``loss=`` or a torch-style closure, the passes the caller ran,
+        and the gradients. Returns ``(loss, params_per_group, grads)``; ``grads``
+        is empty when no parameter has a gradient (then nothing moves)."""
+        loss = self._loss_tensor(loss, closure)
+        self._count_passes(1, 1)
+        groups = self._params_with_grad()
+        return loss, groups, [p.grad for ps in groups for p in ps]
+
     def _begin_line_search(self, closure, loss, evaluates: str) -> Tuple[ProbeClosure, Tensor, List[Tensor], List[Tensor], Optional[Tensor]]:
         """The opening of every one-batch line search (PAL, SLS): the loss and
         gradient at the start point through a probe closure, then the guard.

@@ -103,10 +103,7 @@ class ALIG(PolyakBase):
     def step(self, closure=None, *, loss=None):
         """One ALI-G step. Give the batch loss (``loss=``) after ``backward()``, or a
         torch-style closure that computes the loss, calls backward and returns it."""
-        loss = self._loss_tensor(loss, closure)
-        self._count_passes(1, 1)
-        groups = self._params_with_grad()
-        grads = [p.grad for ps in groups for p in ps]
+        loss, groups, grads = self._begin_loss_step(closure, loss)
         if not grads:
             return loss
         grad_sq_norm = F.as_scalar(F.global_sq_norm(grads, foreach=self.foreach))

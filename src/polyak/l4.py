@@ -162,10 +162,7 @@ class L4(PolyakBase):
     def step(self, closure=None, *, loss=None):
         """One L4 step. Give the batch loss (``loss=``) after ``backward()``, or a
         torch-style closure that computes the loss, calls backward and returns it."""
-        loss = self._loss_tensor(loss, closure)
-        self._count_passes(1, 1)
-        groups = self._params_with_grad()
-        all_grads = [p.grad for ps in groups for p in ps]
+        loss, groups, all_grads = self._begin_loss_step(closure, loss)
         if not all_grads:
             return loss
         if self._check_loss(loss, all_grads):
