@@ -6,37 +6,25 @@
     opt.step(loss=loss)
 
 ``polyak.available()`` lists the registered optimizers; ``polyak.create(name, params, **kw)``
-builds one by name.
+builds one by name; ``polyak.get_spec(name)`` says what its step needs and what it costs.
 """
 from ._base import NonFiniteError
+from ._closure import ClosureError
 from ._registry import OptimizerSpec, available, create, get_spec, specs
 from .alig import ALIG
+from .alig_plus import ALIGPlus
+from .data import IndexedDataset
+from .dfw import DFW, multiclass_hinge_loss
+from .l4 import L4
+from .labpal import LABPAL
+from .pal import PAL
+from .sls import SLS
+from .sps import SPS
 
 __version__ = "0.1.0"
 
-# TEMPORARY during parallel development: modules written by other hands are
-# imported when present. Replaced by explicit imports before release.
-import importlib as _importlib
-
-_PENDING = {
-    "alig_plus": ("ALIGPlus",),
-    "data": ("IndexedDataset",),
-    "sps": ("SPS",),
-    "sls": ("SLS",),
-    "l4": ("L4",),
-    "dfw": ("DFW", "multiclass_hinge_loss"),
-    "pal": ("PAL",),
-    "labpal": ("LABPAL",),
-}
-for _mod, _names in _PENDING.items():
-    try:
-        _m = _importlib.import_module(f".{_mod}", __name__)
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_mod}":
-            raise
-        continue
-    for _n in _names:
-        if hasattr(_m, _n):
-            globals()[_n] = getattr(_m, _n)
-
-__all__ = ["ALIG", "NonFiniteError", "OptimizerSpec", "available", "create", "get_spec", "specs"]
+__all__ = [
+    "ALIG", "ALIGPlus", "SPS", "PAL", "LABPAL", "SLS", "L4", "DFW", "multiclass_hinge_loss",
+    "IndexedDataset", "NonFiniteError", "ClosureError",
+    "OptimizerSpec", "available", "create", "get_spec", "specs",
+]
