@@ -1,0 +1,238 @@
+"""The ``polyak`` command line (also ``python -m polyak.bench``).
+
+    polyak bench list
+    polyak bench run --suite quick [--results runs] [--jobs 2]
+    polyak bench run --workload matfac-rank4 --optimizer alig --optimizer sgd [--size quick]
+                     [--epochs 5] [--seeds 3] [--step-sizes 0.1,1] [--results runs] [--jobs 2]
+    polyak bench report [--results runs]
+    polyak data fetch|list ...        (polyak.bench.datasets)
+
+``--plugin MODULE_OR_FILE.py`` (repeatable; or ``$POLYAK_BENCH_PLUGINS``, comma
+separated) imports modules that register extra workloads
+(``polyak.bench.workloads.register_workload``) or optimizers
+(``polyak.bench.optimizers.register_bench_optimizer``) first, here and in every
+sweep worker.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+__all__ = ["main", "bench_main"]
+
+
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
+
+
+def _add_plugin_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="module or .py file registering extra workloads/optimizers (repeatable)")
+
+
+def _load_plugins(args) -> None:
+    from .runner import PLUGINS_ENV, load_plugins
+
+    if args.plugin:
+        current = [e for e in os.environ.get(PLUGINS_ENV, "").split(",") if e]
+        os.environ[PLUGINS_ENV] = ",".join(current + [p for p in args.plugin if p not in current])
+    load_plugins()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _float_list(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--step-sizes takes comma-separated numbers, e.g. 0.01,0.1,1; got {text!r}")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--step-sizes needs positive numbers, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .workloads import SIZES
+    from .suites import SUITES
+
+    parser = argparse.ArgumentParser(prog="polyak bench", description="benchmark harness of polyak")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="workloads, optimizers (with availability) and suites")
+    _add_plugin_arg(p_list)
+
+    p_run = sub.add_parser("run", help="run a suite or a grid of trials (resumes where a previous run stopped)")
+    what = p_run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite", choices=sorted(SUITES))
+    what.add_argument("--workload", action="append", metavar="W", help="workload name (repeatable)")
+    p_run.add_argument("--optimizer", action="append", metavar="O",
+                       help="optimizer name (repeatable; with --workload; default: every available optimizer)")
+    p_run.add_argument("--size", choices=SIZES, default=None, help="budget size (default: the suite's, else quick)")
+    p_run.add_argument("--epochs", type=_positive_int, default=None, help="override the workload's epochs")
+    p_run.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (0..N-1)")
+    p_run.add_argument("--step-sizes", type=_float_list, default=None,
+                       help="comma-separated step sizes replacing every optimizer's grid")
+    p_run.add_argument("--grid-points", type=_positive_int, default=None,
+                       help="use the N grid values nearest each optimizer's default")
+    p_run.add_argument("--results", default="runs", help="results directory (default: runs)")
+    p_run.add_argument("--jobs", type=_positive_int, default=DEFAULT_JOBS,
+                       help=f"parallel trial processes (default {DEFAULT_JOBS}: up to 2, one per core)")
+    p_run.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch threads per trial (default: cores / jobs)")
+    p_run.add_argument("--data-dir", default=None, help="data directory (default: the datasets' default)")
+    p_run.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p_run.add_argument("--no-report", action="store_true", help="do not write report.md after the run")
+    _add_plugin_arg(p_run)
+
+    p_report = sub.add_parser("report", help="write report.md and plots from a results directory")
+    p_report.add_argument("--results", default="runs", help="results directory (default: runs)")
+    p_report.add_argument("--no-plots", action="store_true")
+    _add_plugin_arg(p_report)
+    return parser
+
+
+def _cmd_list(args) -> int:
+    from .optimizers import all_optimizer_info
+    from .suites import SUITES
+    from .workloads import all_workloads
+
+    print("Workloads:")
+    for name, workload in all_workloads().items():
+        quick = workload.budgets["quick"]
+        data = f" [data: {workload.data}]" if workload.data else ""
+        print(f"  {name:<24} {workload.metric:<8} quick: {quick.epochs} epochs x batch {quick.batch_size}{data}"
+              f"  {workload.summary}")
+    print("\nOptimizers:")
+    for name, info in all_optimizer_info().items():
+        spec = info.spec
+        state = "available" if info.available else f"NOT INSTALLED ({info.install_hint})"
+        grid = (f"{spec.step_size_param} in {list(spec.step_size_grid)}" if spec.step_size_param and spec.step_size_grid
+                else "no step-size hyperparameter")
+        print(f"  {name:<20} {info.source:<18} {state:<12} {grid}; needs {','.join(sorted(spec.needs))}")
+    print("\nSuites:")
+    for name, suite in SUITES.items():
+        print(f"  {name:<8} {suite.summary}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .optimizers import all_optimizer_info, optimizer_info
+    from .report import main_table, write_report
+    from .suites import get_suite, resolve_suite
+    from .sweep import grid_trials, run_sweep
+    from .workloads import get_workload
+
+    if args.suite:
+        resolved = resolve_suite(get_suite(args.suite))
+        suite = resolved.suite
+        for line in resolved.left_out:
+            print(f"suite {suite.name}: left out {line}", file=sys.stderr)
+        if args.optimizer:
+            print("--optimizer is ignored with --suite", file=sys.stderr)
+        workloads, optimizers = list(resolved.workloads), list(resolved.optimizers)
+        size = args.size or suite.size
+        seeds = args.seeds or suite.seeds
+        grid_points = args.grid_points if args.grid_points is not None else suite.grid_points
+        tune_regularisation = suite.tune_regularisation
+        epochs = {w: args.epochs or suite.epochs.get(w) for w in workloads}
+    else:
+        workloads = list(dict.fromkeys(args.workload))
+        optimizers = list(dict.fromkeys(o.lower() for o in args.optimizer or []))
+        try:  # unknown names fail here, with the list of known ones
+            for name in workloads:
+                get_workload(name)
+            infos = [optimizer_info(name) for name in optimizers]
+        except KeyError as error:
+            print(f"error: {error.args[0]}", file=sys.stderr)
+            return 2
+        if optimizers:
+            for name, info in zip(optimizers, infos):
+                if not info.available:
+                    print(f"optimizer {name} is not installed: {info.install_hint}", file=sys.stderr)
+                    return 2
+        else:
+            optimizers = [n for n, i in all_optimizer_info().items() if i.available]
+        size = args.size or "quick"
+        seeds = args.seeds or 1
+        grid_points = args.grid_points
+        tune_regularisation = size != "quick"
+        epochs = {w: args.epochs for w in workloads}
+    if not workloads or not optimizers:
+        print("nothing to run: no workload or no optimizer is available (see `polyak bench list`)", file=sys.stderr)
+        return 2
+    trials = [trial for workload in workloads for trial in grid_trials(
+        [workload], optimizers, size, range(seeds), epochs=epochs[workload], grid_points=grid_points,
+        step_sizes=args.step_sizes, tune_regularisation=tune_regularisation)]
+    print(f"{len(trials)} trials: {len(workloads)} workloads x {len(optimizers)} optimizers, size {size}, "
+          f"{seeds} seed(s); results in {args.results}", file=sys.stderr)
+    result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
+                       threads=args.threads)
+    print(f"ran {result.ran} trials ({result.skipped} already done): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())), file=sys.stderr)
+    for workload, message in result.missing_data.items():
+        print(f"workload {workload} skipped: {message}", file=sys.stderr)
+    if result.statuses.get("error"):
+        print(f"some trials failed; their records in {args.results}/trials hold the error", file=sys.stderr)
+    if not args.no_report:
+        path, data = write_report(args.results)
+        print(main_table(data))
+        print(f"\nreport: {path}", file=sys.stderr)
+    return 1 if result.statuses.get("error") else 0
+
+
+def _cmd_report(args) -> int:
+    from .report import main_table, write_report
+
+    try:
+        path, data = write_report(args.results, plots=not args.no_plots)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if not data.columns:
+        print(f"no finished trials in {args.results}", file=sys.stderr)
+    print(main_table(data))
+    print(f"\nreport: {path}", file=sys.stderr)
+    return 0
+
+
+def bench_main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    _load_plugins(args)
+    commands = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}
+    return commands[args.command](args)
+
+
+_BENCH_COMMANDS = ("list", "run", "report")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``polyak`` script: ``polyak bench ...`` or ``polyak data ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: polyak {bench,data} ...\n  polyak bench {list,run,report} ...\n  polyak data {fetch,list} ..."
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        return bench_main(rest)
+    if command in _BENCH_COMMANDS:  # `python -m polyak.bench list` reads naturally without "bench"
+        return bench_main(argv)
+    if command == "data":
+        try:
+            from .datasets import data_cli
+        except ImportError as error:
+            print(f"polyak data is unavailable: {error}", file=sys.stderr)
+            return 2
+        return data_cli(rest)
+    print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Tables and plots from a results directory: ``polyak bench report``.
+
+Main table, in the layout of Table 1 of the ALI-G+ paper: optimizers x workloads,
+each cell the test metric of the hyperparameters selected on validation, mean ±
+std over seeds. Selection: per (workload, optimizer), the hyperparameter setting
+with the best mean validation score over its seeds (a diverged seed scores worst);
+per trial the validation score is taken at its best epoch, and the test metric at
+that same epoch. Workloads whose metric is "accuracy" report test accuracy (%);
+those whose metric is "loss" report the final training loss (the papers' metric
+for matrix factorisation), still selected on validation loss.
+
+Also: time per step relative to SGD measured in the same results directory (the
+median over all of an optimizer's trials on a workload, divided by SGD's),
+forward/backward passes per step, and PNG plots: training curves and step-size
+traces of the selected settings, and a Dolan-Moré performance profile over
+workloads (cost = test error for accuracy workloads, final training loss for
+loss workloads; ratio to the best optimizer on each workload).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .store import DONE_STATUSES, Store
+
+__all__ = ["Cell", "ReportData", "collect", "render_markdown", "write_report", "main_table"]
+
+BASELINE = "sgd"  # time per step is reported relative to this optimizer
+
+
+@dataclass
+class Cell:
+    """The selected setting of one optimizer on one workload."""
+
+    hyperparameters: Dict[str, Any]
+    values: List[float]          # reported metric per finished seed
+    seeds: int                   # seeds run with this setting
+    diverged: int                # of which diverged
+    val_score: Optional[float]   # mean validation score (None: all diverged)
+    records: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def mean(self) -> Optional[float]:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> Optional[float]:
+        return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
+
+
+@dataclass
+class ReportData:
+    columns: List[Tuple[str, str]]                    # (workload, size)
+    metrics: Dict[Tuple[str, str], str]               # column -> "accuracy" | "loss"
+    optimizers: List[str]
+    cells: Dict[Tuple[Tuple[str, str], str], Cell]    # (column, optimizer) -> selected cell
+    time_ratio: Dict[Tuple[Tuple[str, str], str], float]
+    baseline_time: Dict[Tuple[str, str], float]
+    passes: Dict[str, Tuple[float, float]]
+    trials: int
+    failures: List[Dict[str, Any]] = field(default_factory=list)  # records with status "error"
+    max_jobs: int = 1  # most trials that ran at the same time (timing noise)
+
+    def label(self, column: Tuple[str, str]) -> str:
+        sizes = {size for _, size in self.columns}
+        return column[0] if len(sizes) == 1 else f"{column[0]} ({column[1]})"
+
+
+def _reported(record: Dict[str, Any], metric: str) -> Optional[float]:
+    summary = record.get("summary") or {}
+    if record.get("diverged"):
+        return None
+    if metric == "accuracy":
+        test = summary.get("test_at_best") or {}
+        value = test.get("accuracy")
+        return 100.0 * value if isinstance(value, (int, float)) else None
+    return summary.get("final_train_loss")
+
+
+def _setting_key(record: Dict[str, Any]) -> str:
+    config = record["config"]
+    return json.dumps({"h": config.get("hyperparameters") or {}, "e": config.get("epochs")}, sort_keys=True)
+
+
+def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
+    """Select settings on validation and gather everything the report shows."""
+    failures = [r for r in records if r.get("status") not in DONE_STATUSES]
+    records = [r for r in records if r.get("status") in DONE_STATUSES]
+    by_task: Dict[Tuple[Tuple[str, str], str], Dict[str, List[Dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    metrics: Dict[Tuple[str, str], str] = {}
+    times: Dict[Tuple[Tuple[str, str], str], List[float]] = defaultdict(list)
+    passes: Dict[str, List[Tuple[float, float]]] = defaultdict(list)
+    for record in records:
+        config = record["config"]
+        column = (config["workload"], config["size"])
+        metrics[column] = record["workload"]["metric"]
+        by_task[(column, config["optimizer"])][_setting_key(record)].append(record)
+        if record.get("time_per_step_s"):
+            times[(column, config["optimizer"])].append(record["time_per_step_s"])
+        pps = record.get("passes_per_step") or {}
+        if pps.get("forward") is not None:
+            passes[config["optimizer"]].append((pps["forward"], pps["backward"]))
+
+    cells: Dict[Tuple[Tuple[str, str], str], Cell] = {}
+    for (column, optimizer), settings in by_task.items():
+        higher = metrics[column] == "accuracy"
+        best: Optional[Tuple[float, Cell]] = None
+        for group in settings.values():
+            scores = [(r.get("summary") or {}).get("val_score") for r in group]
+            # a setting with a diverged seed (no score) is disqualified: it ranks below every complete one
+            complete = all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores)
+            mean_val = statistics.fmean(scores) if complete else None
+            rank = -math.inf if mean_val is None else (mean_val if higher else -mean_val)
+            cell = Cell(
+                hyperparameters=group[0]["config"].get("hyperparameters") or {},
+                values=[v for v in (_reported(r, metrics[column]) for r in group) if v is not None],
+                seeds=len(group), diverged=sum(bool(r.get("diverged")) for r in group),
+                val_score=mean_val,
+                records=sorted(group, key=lambda r: r["config"]["seed"]),
+            )
+            if best is None or rank > best[0]:
+                best = (rank, cell)
+        cells[(column, optimizer)] = best[1]
+
+    baseline_time = {column: statistics.median(ts) for (column, opt), ts in times.items() if opt == BASELINE and ts}
+    time_ratio = {
+        key: statistics.median(ts) / baseline_time[key[0]]
+        for key, ts in times.items() if ts and key[0] in baseline_time
+    }
+    columns = sorted(metrics)
+    optimizers = sorted({opt for _, opt in cells}, key=lambda o: (o != BASELINE, o))
+    mean_passes = {opt: (statistics.fmean(f for f, _ in ps), statistics.fmean(b for _, b in ps)) for opt, ps in passes.items()}
+    max_jobs = max([int((r.get("sweep") or {}).get("jobs") or 1) for r in records] + [1])
+    return ReportData(columns, metrics, optimizers, cells, time_ratio, baseline_time, mean_passes, len(records),
+                      failures, max_jobs)
+
+
+# --------------------------------------------------------------------- text
+def _format_value(value: float, metric: str) -> str:
+    return f"{value:.2f}" if metric == "accuracy" else f"{value:.3g}"
+
+
+def _cell_text(cell: Optional[Cell], metric: str) -> str:
+    if cell is None:
+        return "-"
+    if cell.mean is None:
+        return "diverged"
+    text = _format_value(cell.mean, metric)
+    if len(cell.values) > 1:
+        text += f" ± {_format_value(cell.std, metric)}"
+    if cell.diverged:
+        text += f" ({cell.diverged}/{cell.seeds} diverged)"
+    return text
+
+
+def _best_per_column(data: ReportData) -> Dict[Tuple[str, str], Optional[str]]:
+    best = {}
+    for column in data.columns:
+        candidates = [(data.cells[(column, o)].mean, o) for o in data.optimizers
+                      if (column, o) in data.cells and data.cells[(column, o)].mean is not None]
+        if not candidates:
+            best[column] = None
+            continue
+        pick = max if data.metrics[column] == "accuracy" else min
+        best[column] = pick(candidates)[1]
+    return best
+
+
+def main_table(data: ReportData) -> str:
+    """The main table as GitHub markdown (best per workload in bold)."""
+    best = _best_per_column(data)
+    header = ["optimizer"] + [
+        f"{data.label(c)} {'test acc. (%)' if data.metrics[c] == 'accuracy' else 'final train loss'}"
+        for c in data.columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for optimizer in data.optimizers:
+        row = [optimizer]
+        for column in data.columns:
+            text = _cell_text(data.cells.get((column, optimizer)), data.metrics[column])
+            row.append(f"**{text}**" if best[column] == optimizer else text)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _settings_table(data: ReportData) -> str:
+    lines = ["| workload | optimizer | selected hyperparameters | val score | seeds |", "|---|---|---|---|---|"]
+    for column in data.columns:
+        for optimizer in data.optimizers:
+            cell = data.cells.get((column, optimizer))
+            if cell is None:
+                continue
+            hyper = ", ".join(f"{k}={v}" for k, v in sorted(cell.hyperparameters.items())) or "defaults"
+            val = "-" if cell.val_score is None else f"{cell.val_score:.4g}"
+            lines.append(f"| {data.label(column)} | {optimizer} | {hyper} | {val} | {cell.seeds} |")
+    return "\n".join(lines)
+
+
+def _time_table(data: ReportData) -> str:
+    header = ["optimizer"] + [data.label(c) for c in data.columns] + ["passes / step (fwd, bwd)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for optimizer in data.optimizers:
+        row = [optimizer]
+        for column in data.columns:
+            ratio = data.time_ratio.get((column, optimizer))
+            row.append("-" if ratio is None else f"{ratio:.2f}x")
+        fwd_bwd = data.passes.get(optimizer)
+        row.append("-" if fwd_bwd is None else f"{fwd_bwd[0]:.2f}, {fwd_bwd[1]:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    base = ", ".join(f"{data.label(c)}: {1e3 * t:.3g} ms" for c, t in sorted(data.baseline_time.items()))
+    note = f"\nSGD's time per step: {base}." if base else f"\nNo `{BASELINE}` trials in these results: no time ratios."
+    if data.max_jobs > 1:
+        note += (f" Trials ran {data.max_jobs} at a time and shared the cores: these ratios are noisy; "
+                 "rerun with `--jobs 1` on an idle machine to time.")
+    return "\n".join(lines) + "\n" + note
+
+
+def render_markdown(data: ReportData, plots: Sequence[str] = ()) -> str:
+    parts = [
+        "# polyak benchmark report",
+        "",
+        f"{data.trials} finished trials. Each cell: test metric of the hyperparameters selected on validation "
+        "(mean ± std over seeds); accuracy workloads give test accuracy at the best validation epoch, loss "
+        "workloads the final training loss. Best per workload in bold.",
+        "",
+        main_table(data),
+        "",
+        "## Time per step relative to SGD and passes per step",
+        "",
+        "Median wall time of one step (forward, backward and update; no data loading, no evaluation) divided by "
+        "SGD's on the same workload in these results.",
+        "",
+        _time_table(data),
+        "",
+        "## Selected hyperparameters",
+        "",
+        _settings_table(data),
+        "",
+    ]
+    if data.failures:
+        parts += ["## Failed trials", "", "Not in the tables; rerunning the sweep retries them.", "",
+                  "| workload | optimizer | hyperparameters | seed | error |", "|---|---|---|---|---|"]
+        for record in data.failures:
+            config = record["config"]
+            error = str(record.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            parts.append(f"| {config['workload']} | {config['optimizer']} | {config.get('hyperparameters')} | "
+                         f"{config['seed']} | {error} |")
+        parts.append("")
+    if plots:
+        parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=100)
+    _plt().close(fig)
+    return name
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _mean_curve(records: List[Dict[str, Any]], key) -> Tuple[List[int], List[float]]:
+    per_epoch: Dict[int, List[float]] = defaultdict(list)
+    for record in records:
+        for entry in record.get("epochs") or []:
+            value = key(entry)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                per_epoch[entry["epoch"]].append(value)
+    epochs = sorted(per_epoch)
+    return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
+
+
+def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
+    plt = _plt()
+    written = []
+    for column in data.columns:
+        metric = data.metrics[column]
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+        for optimizer in data.optimizers:
+            cell = data.cells.get((column, optimizer))
+            if cell is None:
+                continue
+            epochs, losses = _mean_curve(cell.records, lambda e: e.get("train_loss"))
+            if epochs:
+                ax_loss.plot(epochs, losses, label=optimizer)
+            epochs, vals = _mean_curve(cell.records, lambda e: (e.get("val") or {}).get(metric))
+            if epochs:
+                ax_val.plot(epochs, vals, label=optimizer)
+        ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean)", title=f"{data.label(column)}: training loss")
+        ax_loss.set_yscale("log")
+        ax_val.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"{data.label(column)}: validation {metric}")
+        ax_val.legend(fontsize=7)
+        written.append(_save(fig, out_dir, f"curves_{_safe(column[0])}_{_safe(column[1])}.png"))
+    return written
+
+
+def plot_step_sizes(data: ReportData, out_dir: Path) -> List[str]:
+    """Step-size traces of the selected settings (first seed), log scale: a step of
+    exactly 0 (a Polyak step at or below the lower bound) is not drawn."""
+    plt = _plt()
+    written = []
+    for column in data.columns:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for optimizer in data.optimizers:
+            cell = data.cells.get((column, optimizer))
+            if cell is None or not cell.records:
+                continue
+            trace = cell.records[0].get("step_size_trace") or {}
+            points = [(s, v) for s, v in zip(trace.get("steps", []), trace.get("values", [])) if v is not None and v > 0]
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], label=optimizer)
+        ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="step size (first param group)", title=f"{data.label(column)}: step sizes")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out_dir, f"step_sizes_{_safe(column[0])}_{_safe(column[1])}.png"))
+    return written
+
+
+def performance_ratios(data: ReportData) -> Dict[str, List[float]]:
+    """Dolan-Moré ratios r[p, s] = cost[p, s] / min_s cost[p, s] per optimizer
+    (inf where it diverged or did not run). Cost: test error (%) or final training loss."""
+    ratios: Dict[str, List[float]] = {o: [] for o in data.optimizers}
+    for column in data.columns:
+        costs = {}
+        for optimizer in data.optimizers:
+            cell = data.cells.get((column, optimizer))
+            mean = None if cell is None else cell.mean
+            if mean is None:
+                costs[optimizer] = math.inf
+            else:
+                costs[optimizer] = 100.0 - mean if data.metrics[column] == "accuracy" else mean
+        finite = [c for c in costs.values() if math.isfinite(c)]
+        if not finite:
+            continue
+        # a floor keeps ratios finite when the best cost is exactly 0 (perfect accuracy, zero loss)
+        best = max(min(finite), 1e-12)
+        for optimizer, cost in costs.items():
+            ratios[optimizer].append(max(cost, 1e-12) / best if math.isfinite(cost) else math.inf)
+    return ratios
+
+
+def plot_performance_profile(data: ReportData, out_dir: Path) -> List[str]:
+    plt = _plt()
+    ratios = performance_ratios(data)
+    finite = [r for rs in ratios.values() for r in rs if math.isfinite(r)]
+    if not finite:
+        return []
+    tau_max = max(2.0, max(finite) * 1.1)
+    taus = [tau_max ** (i / 200) for i in range(201)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for optimizer, rs in ratios.items():
+        if not rs:
+            continue
+        ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=optimizer)
+    ax.set_xscale("log")
+    ax.set(xlabel="tau (ratio to the best optimizer on a workload)", ylabel="fraction of workloads",
+           title="Performance profile (Dolan-Moré)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    return [_save(fig, out_dir, "performance_profile.png")]
+
+
+def write_report(results_dir: Union[str, Path] = "runs", *, plots: bool = True) -> Tuple[Path, ReportData]:
+    """Write ``report.md`` and the PNGs into ``results_dir``; returns the path and the data."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results directory {results_dir} does not exist; run `polyak bench run` first "
+                                "or point --results to a results directory")
+    with Store(results_dir) as store:
+        store.sync()
+        data = collect(store.records())
+    written: List[str] = []
+    if plots and data.columns:
+        written += plot_curves(data, results_dir)
+        written += plot_step_sizes(data, results_dir)
+        written += plot_performance_profile(data, results_dir)
+    path = results_dir / "report.md"
+    path.write_text(render_markdown(data, written), encoding="utf-8")
+    return path, data

@@ -1,0 +1,209 @@
+"""Results of the benchmark: one JSON record per trial plus an SQLite index.
+
+Layout of a results directory (default ``runs/``)::
+
+    runs/trials/<trial_id>.json   the full record of one trial (source of truth)
+    runs/results.sqlite           index of the records, schema versioned
+
+Crash safety: a record is written to a temporary file in the same directory and
+moved into place with ``os.replace`` (atomic on POSIX and Windows), so a reader
+sees either no record or a whole one. The SQLite index is updated in one
+transaction per record after the JSON exists; :meth:`Store.sync` re-imports any
+JSON record the index misses (a process killed between the two writes), so the
+index can always be rebuilt from the JSON files. An index written by another
+schema version is set aside (renamed) and rebuilt from the records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
+
+from .runner import RECORD_SCHEMA_VERSION, json_safe
+
+__all__ = ["SCHEMA_VERSION", "DONE_STATUSES", "Store", "atomic_write_json"]
+
+SCHEMA_VERSION = 1
+
+#: Trials in these states are not run again on resume; "error" trials are
+#: (a missing data set fetched later, a bug fixed).
+DONE_STATUSES = ("ok", "diverged")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY,
+    workload TEXT NOT NULL,
+    size TEXT NOT NULL,
+    optimizer TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    hyperparameters TEXT NOT NULL,
+    epochs INTEGER,
+    status TEXT NOT NULL,
+    diverged INTEGER NOT NULL,
+    metric TEXT,
+    val_score REAL,
+    final_train_loss REAL,
+    time_per_step_s REAL,
+    forward_per_step REAL,
+    backward_per_step REAL,
+    finished_at TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trials_by_task ON trials (workload, size, optimizer);
+"""
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as strict JSON to ``path`` so that ``path`` is never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(json_safe(data), indent=1, sort_keys=True, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class Store:
+    """A results directory. Only one process should write the index at a time
+    (the sweep's parent); workers write their JSON records themselves."""
+
+    def __init__(self, root: Union[str, Path] = "runs"):
+        self.root = Path(root)
+        self.trials_dir = self.root / "trials"
+        self.db_path = self.root / "results.sqlite"
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        self._connection = self._open()
+
+    # ------------------------------------------------------------ database
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.db_path, timeout=60)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        connection = self._connect()
+        version = self._schema_version(connection)
+        if version is not None and version != SCHEMA_VERSION:
+            connection.close()
+            aside = self.db_path.with_name(f"results.schema{version}.{int(time.time())}.sqlite")
+            os.replace(self.db_path, aside)
+            warnings.warn(f"{self.db_path} has schema {version}, this polyak writes {SCHEMA_VERSION}: "
+                          f"moved it to {aside.name} and rebuilt the index from the JSON records")
+            connection = self._connect()
+        with connection:
+            connection.executescript(_SCHEMA)
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if version != SCHEMA_VERSION:
+            self._connection = connection
+            self.sync()
+        return connection
+
+    @staticmethod
+    def _schema_version(connection: sqlite3.Connection) -> Optional[int]:
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return int(row[0]) if row else None
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ------------------------------------------------------------- records
+    def record_path(self, trial_id: str) -> Path:
+        return self.trials_dir / f"{trial_id}.json"
+
+    def write_record(self, record: Mapping[str, Any]) -> Path:
+        """Write the JSON record atomically, then index it."""
+        path = self.record_path(record["trial_id"])
+        atomic_write_json(path, record)
+        self.index_record(record)
+        return path
+
+    def index_record(self, record: Mapping[str, Any]) -> None:
+        config = record["config"]
+        summary = record.get("summary") or {}
+        passes = record.get("passes_per_step") or {}
+        row = (
+            record["trial_id"], config["workload"], config["size"], config["optimizer"], int(config["seed"]),
+            json.dumps(config.get("hyperparameters") or {}, sort_keys=True), config.get("epochs"),
+            record["status"], int(bool(record.get("diverged"))), summary.get("metric"), summary.get("val_score"),
+            summary.get("final_train_loss"), record.get("time_per_step_s"), passes.get("forward"),
+            passes.get("backward"), record.get("finished_at"), json.dumps(record, sort_keys=True, allow_nan=False),
+        )
+        with self._connection:
+            self._connection.execute(f"INSERT OR REPLACE INTO trials VALUES ({','.join('?' * len(row))})", row)
+
+    def sync(self) -> int:
+        """Index every JSON record the database misses or holds another copy of;
+        delete temporary files left by a killed writer. Returns how many were indexed."""
+        for leftover in self.trials_dir.glob(".*.tmp"):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+        known = {row["trial_id"]: row["record"] for row in self._connection.execute("SELECT trial_id, record FROM trials")}
+        indexed = 0
+        for path in sorted(self.trials_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as error:
+                warnings.warn(f"skipping unreadable record {path}: {error}")
+                continue
+            if record.get("schema_version") != RECORD_SCHEMA_VERSION:
+                warnings.warn(f"skipping {path}: record schema {record.get('schema_version')}, "
+                              f"this polyak reads {RECORD_SCHEMA_VERSION}")
+                continue
+            trial_id = record.get("trial_id")
+            if trial_id in known and known[trial_id] == json.dumps(record, sort_keys=True, allow_nan=False):
+                continue
+            self.index_record(record)
+            indexed += 1
+        return indexed
+
+    def completed_ids(self) -> Set[str]:
+        marks = ",".join("?" * len(DONE_STATUSES))
+        rows = self._connection.execute(f"SELECT trial_id FROM trials WHERE status IN ({marks})", DONE_STATUSES)
+        return {row[0] for row in rows}
+
+    def records(self, *, workloads: Optional[Iterable[str]] = None, statuses: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+        query, args = "SELECT record FROM trials", []
+        clauses = []
+        if workloads is not None:
+            workloads = list(workloads)
+            clauses.append(f"workload IN ({','.join('?' * len(workloads))})")
+            args += workloads
+        if statuses is not None:
+            statuses = list(statuses)
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY workload, size, optimizer, seed, trial_id"
+        return [json.loads(row[0]) for row in self._connection.execute(query, args)]
+
+    def count(self) -> int:
+        return self._connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0]

@@ -1,0 +1,254 @@
+"""The grid protocol: which trials a sweep runs, running them, resuming.
+
+Grid (the papers' protocol): for every workload and optimizer, the optimizer's
+step-size hyperparameter over its grid (powers of ten; learning-rate-free
+optimizers have none), times the regularisation grid (``max_norm`` for
+optimizers that constrain the weights like ALI-G, ``weight_decay`` otherwise;
+:func:`polyak.bench.optimizers.regularisation_param`), times the seeds.
+Selection happens on validation and the test metric is reported
+(:mod:`polyak.bench.report`).
+
+Resume: every trial has a stable id (:attr:`TrialConfig.trial_id`) and writes its
+record atomically when it ends; a restarted sweep skips the trials whose record
+says "ok" or "diverged". Killing a sweep at any moment loses at most the trials
+that were running and never leaves a partial record.
+
+Missing data: once a trial of a workload fails with ``DatasetMissing``, the
+sweep starts no further trial of that workload (they would fail the same way)
+and reports the message, which names the fetch command; rerunning after
+fetching runs them.
+
+Parallel: ``jobs > 1`` runs trials in that many spawned processes, each limited to
+its share of the CPU threads so that jobs do not oversubscribe the cores.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .optimizers import get_bench_spec, regularisation_param
+from .runner import PLUGINS_ENV, TrialConfig, load_plugins, run_trial
+from .store import Store
+
+__all__ = ["REGULARISATION_GRIDS", "SweepResult", "grid_trials", "step_size_values", "regularisation_values",
+           "run_sweep", "execute_trial"]
+
+#: Regularisation grids per size. "quick" does not tune it (the record's default
+#: applies). max_norm: the ALI-G paper's radii; weight decay: the usual CIFAR values.
+REGULARISATION_GRIDS: Dict[str, Dict[str, Tuple[Any, ...]]] = {
+    "max_norm": {"quick": (), "lite": (None, 100.0), "paper": (None, 50.0, 100.0, 200.0, 400.0)},
+    "weight_decay": {"quick": (), "lite": (0.0, 1e-4), "paper": (0.0, 1e-4, 5e-4)},
+}
+
+
+def step_size_values(spec, points: Optional[int] = None) -> Tuple[Optional[float], ...]:
+    """The step sizes a sweep tries: the record's grid, or the ``points`` grid
+    values closest (in log scale) to the record's default. ``(None,)``: no step-size
+    hyperparameter, the record's default applies."""
+    grid = tuple(spec.step_size_grid)
+    if not spec.step_size_param or not grid:
+        return (None,)
+    if points is None or points >= len(grid):
+        return grid
+    default = spec.defaults.get(spec.step_size_param)
+    if not isinstance(default, (int, float)) or default <= 0:
+        default = grid[len(grid) // 2]
+    nearest = sorted(grid, key=lambda v: (abs(math.log10(v) - math.log10(default)), v))[:points]
+    return tuple(sorted(nearest))
+
+
+def regularisation_values(spec, size: str) -> Tuple[str, Tuple[Any, ...]]:
+    param = regularisation_param(spec)
+    if param is None:
+        return "", ()
+    return param, REGULARISATION_GRIDS[param].get(size, ())
+
+
+def grid_trials(
+    workloads: Sequence[str],
+    optimizers: Sequence[str],
+    size: str,
+    seeds: Sequence[int],
+    *,
+    epochs: Optional[int] = None,
+    grid_points: Optional[int] = None,
+    step_sizes: Optional[Sequence[float]] = None,
+    tune_regularisation: bool = True,
+) -> List[TrialConfig]:
+    """Every trial of the grid, workload-major (so partial sweeps cover workloads in order).
+
+    step_sizes overrides every record's grid (for optimizers that have a step-size
+    hyperparameter); grid_points shortens the records' grids around their defaults.
+    """
+    trials = []
+    for workload in workloads:
+        for name in optimizers:
+            spec = get_bench_spec(name)
+            if step_sizes is not None and spec.step_size_param:
+                lrs: Tuple[Optional[float], ...] = tuple(step_sizes)
+            else:
+                lrs = step_size_values(spec, grid_points)
+            reg_param, regs = regularisation_values(spec, size) if tune_regularisation else ("", ())
+            for lr in lrs:
+                for reg in regs or (None,):
+                    hyper: Dict[str, Any] = {}
+                    if lr is not None:
+                        hyper[spec.step_size_param] = float(lr)
+                    if regs:
+                        hyper[reg_param] = reg
+                    for seed in seeds:
+                        trials.append(TrialConfig(workload, size, spec.name, hyper, int(seed), epochs))
+    return trials
+
+
+#: status counted for trials not started because their workload's data is missing
+DATA_MISSING = "skipped (data missing)"
+
+
+def _data_missing(record: Dict[str, Any]) -> bool:
+    return record.get("status") == "error" and str(record.get("error") or "").startswith("DatasetMissing")
+
+
+@dataclass
+class SweepResult:
+    planned: int
+    skipped: int      # already done before this run (resume)
+    ran: int
+    statuses: Dict[str, int]
+    missing_data: Dict[str, str] = field(default_factory=dict)  # workload -> how to get its data
+
+
+def execute_trial(config: TrialConfig, results_dir: str, data_dir: Optional[str], device: Optional[str],
+                  progress: bool, jobs: int = 1) -> Dict[str, Any]:
+    """Run one trial and write its JSON record (atomically); returns the record.
+    Runs in worker processes: the parent only indexes the record."""
+    record = run_trial(config, data_dir=Path(data_dir) if data_dir else None, device=device, progress=progress)
+    record["sweep"] = {"jobs": jobs}  # trials sharing the machine make time per step noisy
+    from .store import atomic_write_json
+
+    atomic_write_json(Path(results_dir) / "trials" / f"{record['trial_id']}.json", record)
+    return record
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    # A sweep killed with SIGKILL cannot stop its workers; they notice the new parent and
+    # leave, so a killed sweep stops within a second (a record being written stays whole).
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_init(threads: int, plugins: str) -> None:
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    torch.set_num_threads(threads)
+    os.environ[PLUGINS_ENV] = plugins
+    load_plugins(plugins)
+
+
+def run_sweep(
+    trials: Sequence[TrialConfig],
+    results_dir: os.PathLike = "runs",
+    *,
+    jobs: int = 1,
+    data_dir: Optional[os.PathLike] = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    threads: Optional[int] = None,
+    on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> SweepResult:
+    """Run the trials that have no finished record in ``results_dir``.
+
+    threads: torch threads per trial process (default: the cores divided by
+    ``jobs``; 1 is fastest for tiny models on a busy machine)."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
+    unique: Dict[str, TrialConfig] = {}
+    for trial in trials:
+        unique.setdefault(trial.trial_id, trial)
+    store = Store(results_dir)
+    try:
+        store.sync()
+        done = store.completed_ids()
+        todo = [t for t in unique.values() if t.trial_id not in done]
+        statuses: Dict[str, int] = {}
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc="sweep", unit="trial", disable=None)
+
+        missing_data: Dict[str, str] = {}  # workload -> the DatasetMissing message
+
+        def wanted(trial: TrialConfig) -> bool:
+            if trial.workload not in missing_data:
+                return True
+            statuses[DATA_MISSING] = statuses.get(DATA_MISSING, 0) + 1
+            if bar is not None:
+                bar.update(1)
+            return False
+
+        def finished(record: Dict[str, Any]) -> None:
+            store.index_record(record)
+            if _data_missing(record):
+                missing_data.setdefault(record["config"]["workload"], record["error"])
+            statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{record['config']['optimizer']} on {record['config']['workload']}: {record['status']}")
+            if on_record is not None:
+                on_record(record)
+
+        root, data = str(results_dir), (str(data_dir) if data_dir else None)
+        try:
+            if jobs == 1 or len(todo) <= 1:
+                if threads is not None:
+                    torch.set_num_threads(threads)
+                for trial in todo:
+                    if wanted(trial):
+                        finished(execute_trial(trial, root, data, device, progress))
+            else:
+                _run_parallel(todo, jobs, threads, root, data, device, finished, wanted)
+        finally:
+            if bar is not None:
+                bar.close()
+        ran = len(todo) - statuses.get(DATA_MISSING, 0)
+        return SweepResult(planned=len(unique), skipped=len(unique) - len(todo), ran=ran, statuses=statuses,
+                           missing_data=missing_data)
+    finally:
+        store.close()
+
+
+def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted) -> None:
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    plugins = os.environ.get(PLUGINS_ENV, "")
+    # spawn, not fork: forking a process whose torch thread pool is running can deadlock
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads, plugins)) as pool:
+        # submit a few at a time so that trials of a workload whose data is missing are not started
+        queue = list(todo)
+        pending = set()
+        try:
+            while queue or pending:
+                while queue and len(pending) < 2 * jobs:
+                    trial = queue.pop(0)
+                    if wanted(trial):
+                        pending.add(pool.submit(execute_trial, trial, root, data, device, False, jobs))
+                if not pending:
+                    continue
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished(future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
