@@ -159,7 +159,7 @@ class ProbeClosure:
     """
 
     def __init__(self, closure: Callable[[], Tensor], owner: str, params: List[Tensor], *,
-                 on_pass: Optional[Callable[[int, int], None]] = None):
+                 on_pass: Optional[Callable[[int, int], None]] = None, replayable: bool = True):
         if closure is None:
             raise ClosureError(f"{owner}.step needs a closure ({CONTRACT})")
         if not callable(closure):
@@ -171,7 +171,11 @@ class ProbeClosure:
         self.forward_passes = 0
         self.backward_passes = 0
         self.evaluated = False
-        self._rng_before = _RngState(_generator_devices(self.params), with_numpy="numpy" in sys.modules)
+        # Capturing every generator's state costs more than a small step: skipped for
+        # probes that are evaluated once (LABPAL's training calls), which cannot replay.
+        self._rng_before = (
+            _RngState(_generator_devices(self.params), with_numpy="numpy" in sys.modules) if replayable else None
+        )
 
     @property
     def available(self) -> bool:
@@ -231,6 +235,8 @@ class ProbeClosure:
             raise RuntimeError(
                 f"{self.owner}: call loss_and_grad() or first_loss() (the first evaluation) before loss()"
             )
+        if self._rng_before is None:
+            raise RuntimeError(f"{self.owner}: this probe was built with replayable=False and cannot be re-evaluated")
         rng_now = _RngState(self._rng_before.devices, self._rng_before.with_numpy)
         try:
             self._rng_before.restore()

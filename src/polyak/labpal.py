@@ -316,8 +316,9 @@ class LABPAL(PolyakBase):
         self._apply_batch_schedule()
         if st["phase"] == "train" and st["accumulated"] == 0 and self.global_state["step"] >= st["next_measure_update"]:
             self._start_measurement()
-        probe = ProbeClosure(closure, "LABPAL", self._all_params())
-        if st["phase"] == "measure":
+        measuring = st["phase"] == "measure"
+        probe = ProbeClosure(closure, "LABPAL", self._all_params(), replayable=measuring)
+        if measuring:
             return self._measure_call(probe)
         return self._train_call(probe)
 
@@ -358,6 +359,11 @@ class LABPAL(PolyakBase):
     def _accumulate(self, params: List[Tensor]) -> int:
         """Add this batch's gradient to the running sum; returns the batches summed."""
         st = self._s
+        if st["inferences"] == 1 and st["phase"] == "train":
+            # One batch per update: the direction is this batch's gradient, used in
+            # this very call, so no running sum (no copy of every gradient).
+            st["accumulated"] += 1
+            return st["accumulated"]
         first = st["accumulated"] == 0
         for p in params:
             state = self.state[p]
@@ -377,12 +383,15 @@ class LABPAL(PolyakBase):
         directions = []
         for p in params:
             state = self.state[p]
-            mean = state.pop("grad_sum")
-            if k > 1:
+            mean = state.pop("grad_sum", None)
+            if mean is None:  # single-batch training update: the live gradient itself
+                mean = p.grad
+            elif k > 1:
                 mean.div_(k)
             if self.momentum > 0:
                 buffer = state.get("momentum_buffer")
-                d = mean if buffer is None else buffer.mul(self.momentum).add_(mean)
+                # clone: a buffer must never alias p.grad, which the training loop owns
+                d = mean.clone() if buffer is None else buffer.mul(self.momentum).add_(mean)
                 if commit:
                     state["momentum_buffer"] = d
             else:
