@@ -137,10 +137,12 @@ def _cmd_run(args) -> int:
             print("--optimizer is ignored with --suite", file=sys.stderr)
         workloads, optimizers = list(resolved.workloads), list(resolved.optimizers)
         size = args.size or suite.size
-        seeds = args.seeds or suite.seeds
-        grid_points = args.grid_points if args.grid_points is not None else suite.grid_points
-        tune_regularisation = suite.tune_regularisation
         epochs = {w: args.epochs or suite.epochs.get(w) for w in workloads}
+        protocol = {}
+        for w in workloads:
+            w_seeds, w_points, w_reg = suite.protocol(w)
+            protocol[w] = (args.seeds or w_seeds,
+                           args.grid_points if args.grid_points is not None else w_points, w_reg)
     else:
         workloads = list(dict.fromkeys(args.workload))
         optimizers = list(dict.fromkeys(o.lower() for o in args.optimizer or []))
@@ -163,14 +165,16 @@ def _cmd_run(args) -> int:
         grid_points = args.grid_points
         tune_regularisation = size != "quick"
         epochs = {w: args.epochs for w in workloads}
+        protocol = {w: (seeds, grid_points, tune_regularisation) for w in workloads}
     if not workloads or not optimizers:
         print("nothing to run: no workload or no optimizer is available (see `polyak bench list`)", file=sys.stderr)
         return 2
     trials = [trial for workload in workloads for trial in grid_trials(
-        [workload], optimizers, size, range(seeds), epochs=epochs[workload], grid_points=grid_points,
-        step_sizes=args.step_sizes, tune_regularisation=tune_regularisation)]
+        [workload], optimizers, size, range(protocol[workload][0]), epochs=epochs[workload],
+        grid_points=protocol[workload][1], step_sizes=args.step_sizes, tune_regularisation=protocol[workload][2])]
+    seed_counts = sorted({p[0] for p in protocol.values()})
     print(f"{len(trials)} trials: {len(workloads)} workloads x {len(optimizers)} optimizers, size {size}, "
-          f"{seeds} seed(s); results in {args.results}", file=sys.stderr)
+          f"{'/'.join(map(str, seed_counts))} seed(s); results in {args.results}", file=sys.stderr)
     result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
                        threads=args.threads)
     print(f"ran {result.ran} trials ({result.skipped} already done): "
