@@ -11,13 +11,8 @@ from polyak import ALIG, NonFiniteError
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    # every tensor of these tests is float64 unless said otherwise; restored afterwards
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# every tensor of these tests is float64 unless said otherwise (fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ----------------------------------------------------------------------------- closed forms

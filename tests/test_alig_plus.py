@@ -504,15 +504,6 @@ def test_registry_builds_the_three_variants():
 
 
 # -------------------------------------------------------------------------------- training
-@pytest.fixture
-def one_thread():
-    # 64x256 matmuls: a second thread costs more in hand-offs than it saves, badly so on a shared CPU
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_digits_mlp_reaches_97_percent(one_thread):
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     from sklearn.model_selection import train_test_split

@@ -10,7 +10,6 @@ import pytest
 from polyak.bench.cli import main
 
 import test_bench_tiny as tiny
-from test_bench_tiny import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TINY_PLUGIN = str(Path(tiny.__file__).resolve())
 

@@ -10,7 +10,6 @@ from polyak.bench.store import Store
 from polyak.bench.sweep import grid_trials, run_sweep
 
 import test_bench_tiny as tiny
-from test_bench_tiny import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def _record(workload, optimizer, lr, seed, val, test, *, metric="accuracy", train_loss=0.5, diverged=False, time=0.01,

@@ -8,7 +8,6 @@ import torch
 from polyak.bench.runner import TrialConfig, json_safe, read_step_size, run_trial
 
 import test_bench_tiny as tiny
-from test_bench_tiny import one_torch_thread  # noqa: F401 (autouse fixture)
 
 RECORD_FIELDS = {
     "schema_version", "trial_id", "config", "seed", "versions", "git_sha", "device", "started_at", "finished_at",

@@ -14,7 +14,6 @@ from polyak.bench.store import Store
 from polyak.bench.sweep import grid_trials, run_sweep, step_size_values
 
 import test_bench_tiny as tiny
-from test_bench_tiny import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TINY_PLUGIN = str(Path(tiny.__file__).resolve())
 

@@ -238,15 +238,6 @@ def register_tiny():
 register_tiny()
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~40x slower with 2 OpenMP threads on a busy 2-core machine; import this fixture."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_tiny_workload_follows_the_contract():
     instance = build("quick", 0)
     x, y = instance.train[0]

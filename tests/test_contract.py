@@ -18,14 +18,6 @@ N_SAMPLES, BATCH, EPOCHS = 96, 16, 8
 N_BATCHES = N_SAMPLES // BATCH
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _data():
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(N_SAMPLES, 5, generator=gen)

@@ -12,16 +12,8 @@ from polyak import NonFiniteError
 from polyak.l4 import L4
 
 
-@pytest.fixture(autouse=True)
-def float64_one_thread():
-    # float64 everywhere; one intra-op thread because on tensors this small the thread
-    # hand-offs cost more than the math on a shared machine. Both restored afterwards.
-    previous_dtype, previous_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(previous_dtype)
-    torch.set_num_threads(previous_threads)
+# float64 everywhere (tests/conftest.py); one intra-op thread comes from there too
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ----------------------------------------------------------------------------- closed forms

@@ -17,15 +17,6 @@ from polyak.bench.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread is faster, and much faster on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def count(model):
     return sum(p.numel() for p in model.parameters())
 

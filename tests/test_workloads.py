@@ -13,15 +13,6 @@ from polyak.bench.workloads import _common as C
 from polyak.bench.workloads import dnc_copy, kernel, matfac
 from polyak.bench.workloads.charrnn import encode_text, windows
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread is faster, and much faster on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def ours():
     """The workloads this package registers (other tests may register their own)."""
     return {name: w for name, w in all_workloads().items() if w.build.__module__.startswith("polyak.bench.workloads.")}
