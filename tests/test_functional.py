@@ -149,3 +149,12 @@ def test_decoupled_weight_decay_in_float64_and_its_no_op_cases(foreach):
         untouched = [t.clone() for t in ts]
         F.decoupled_weight_decay_(untouched, step, weight_decay, foreach=foreach)
         assert all(torch.equal(u, t) for u, t in zip(untouched, ts))
+
+
+def test_polyak_step_size_float_path_matches_the_tensor_path():
+    for gap, sq, max_lr in [(8.0, 2.0, 1.0), (-1.0, 2.0, 1.0), (3.0, 4.0, None), (float("nan"), 1.0, 1.0)]:
+        f_step, f_unclipped, f_clipped = F.polyak_step_size(gap, sq, 1e-5, max_lr)
+        t_step, t_unclipped, t_clipped = F.polyak_step_size(torch.tensor(gap, dtype=torch.float64),
+                                                            torch.tensor(sq, dtype=torch.float64), 1e-5, max_lr)
+        assert torch.equal(torch.tensor(f_step, dtype=torch.float64), t_step) or (f_step != f_step and t_step.isnan())
+        assert bool(f_clipped) == bool(t_clipped)

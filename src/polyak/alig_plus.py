@@ -187,6 +187,7 @@ class ALIGPlus(PolyakBase):
         self.delta = float(delta)
         self.aov = aov
         self.loss_record = loss_record
+        self._lower_bound_by_dtype: Dict[torch.dtype, float] = {}
         self.global_state.update(
             aov_mode=aov,
             epoch=0,                # epochs completed (end_epoch calls)
@@ -264,15 +265,29 @@ class ALIGPlus(PolyakBase):
         if not grads:
             return losses
         grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
+        # On CPU a host read is free: the guard and the step size then run on Python
+        # floats instead of a dozen tiny kernels. An empty batch keeps the tensor path.
+        on_host = grad_sq_norm.device.type == "cpu" and losses.device.type == "cpu" and losses.numel() > 0
         # Decides skip before any state changes: tables are created and written only below.
-        if self._guard(losses, grad_sq_norm, self.lower_bound):
+        if on_host:
+            grad_sq_norm_value = grad_sq_norm.item()
+            if self.nonfinite != "unchecked" and self._guard(
+                self._guard_probe(losses), grad_sq_norm_value, self._lower_bound_in(losses.dtype)
+            ):
+                return losses
+        elif self._guard(losses, grad_sq_norm, self.lower_bound):
             return losses
 
         tables = self._tables(losses)
-        losses = losses.to(tables["aov"].dtype)
+        # The casts are checked first: even a no-op .to() costs a dispatch per step.
+        if losses.dtype != tables["aov"].dtype:
+            losses = losses.to(tables["aov"].dtype)
         gap = self._loss_gap_and_record(losses, index, tables)
-        gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
+        if gap.dtype != grad_sq_norm.dtype or gap.device != grad_sq_norm.device:
+            gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
         self.global_state["last_loss_gap"] = gap
+        if on_host:
+            gap, grad_sq_norm = gap.item(), grad_sq_norm_value
 
         for group, params in zip(self.param_groups, groups):
             step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, self.delta, group["max_lr"])
@@ -291,6 +306,26 @@ class ALIGPlus(PolyakBase):
         self.global_state["step"] += 1
         return losses
 
+    @staticmethod
+    def _guard_probe(losses: Tensor) -> float:
+        """One float that the guard judges exactly as it judges the whole CPU batch: the
+        smallest loss when every loss is finite, else a non-finite one (NaN propagates
+        through min and max). One pass over the batch, one host read."""
+        if losses.numel() == 1:
+            return losses.item()
+        low, high = torch.aminmax(losses)
+        high = high.item()
+        return low.item() if math.isfinite(high) else high
+
+    def _lower_bound_in(self, dtype: torch.dtype) -> float:
+        """B rounded to ``dtype``: comparing a loss with it in float64 gives the answer
+        of the tensor comparison ``losses < B`` (done in the losses' dtype)."""
+        bound = self._lower_bound_by_dtype.get(dtype)
+        if bound is None:
+            bound = float(torch.tensor(self.lower_bound, dtype=dtype))
+            self._lower_bound_by_dtype[dtype] = bound
+        return bound
+
     def _loss_gap_and_record(self, losses: Tensor, index: Optional[Tensor], tables: Dict[str, Tensor]) -> Tensor:
         """The Polyak numerator of this step; records the losses for the AOV updates."""
         state = self.global_state
@@ -300,9 +335,12 @@ class ALIGPlus(PolyakBase):
         state["epoch_loss_sum"] = running_sum
         state["epoch_loss_count"] = running_count
         if self.aov == "per_sample":
-            index = index.to(losses.device)
-            gap = (losses - tables["aov"][index]).mean()
-            tables["loss_record"][index] = losses
+            if index.device != losses.device:
+                index = index.to(losses.device)
+            # index_select / index_put_: the kernels of aov[index] and record[index] = losses,
+            # without the Python indexing machinery.
+            gap = (losses - tables["aov"].index_select(0, index)).mean()
+            tables["loss_record"].index_put_((index,), losses)
             return gap
         if self.aov == "global_batch":
             return losses.mean() - tables["aov"]
@@ -391,13 +429,20 @@ class ALIGPlus(PolyakBase):
                 f"{name}.step: index must be 1-D with one dataset index per per-sample loss; got index shape "
                 f"{tuple(index.shape)} for loss shape {tuple(losses.shape)} (use reduction='none' for the losses)"
             )
+        if index.dtype not in (torch.int64, torch.int32):
+            # index_put_ would read a uint8 index as a mask; the smaller ints are not
+            # accepted as indices at all.
+            index = index.long()
         if self.num_samples is not None:
             if index.device.type == "cpu":
-                if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
-                    raise IndexError(
-                        f"{name}.step: index out of range: indices must be in [0, num_samples={self.num_samples}), "
-                        f"got min {int(index.min())}, max {int(index.max())}; set num_samples=len(train_set)"
-                    )
+                if index.numel():
+                    low, high = torch.aminmax(index)   # one pass for both ends
+                    low, high = int(low), int(high)
+                    if low < 0 or high >= self.num_samples:
+                        raise IndexError(
+                            f"{name}.step: index out of range: indices must be in [0, num_samples={self.num_samples}), "
+                            f"got min {low}, max {high}; set num_samples=len(train_set)"
+                        )
             else:
                 # On an accelerator a host check would stall the stream; assert on the device instead.
                 torch._assert_async(

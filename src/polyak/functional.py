@@ -12,6 +12,7 @@ is free (CPU tensors), so an accelerator never waits on the host.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -152,7 +153,9 @@ def polyak_step_size(
     any tensor in, 0-dim tensors out (no host read).
     """
     if not isinstance(loss_gap, Tensor) and not isinstance(grad_sq_norm, Tensor):
-        unclipped = max(0.0, loss_gap / (grad_sq_norm + delta))
+        ratio = loss_gap / (grad_sq_norm + delta)
+        # a NaN passes through as in the tensor path (Python's max would drop it)
+        unclipped = ratio if math.isnan(ratio) else max(0.0, ratio)
         if max_lr is None:
             return unclipped, unclipped, False
         return min(unclipped, max_lr), unclipped, unclipped > max_lr

@@ -48,20 +48,25 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from .functional import Scalar
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._registry import OptimizerSpec, register
 
 SPS_MODES = ("constant", "smooth_iter")
 
 
-def sps_smooth_bound(previous_step: Tensor, growth: float, n_batches_per_epoch: int) -> Tensor:
-    """The smooth_iter cap tau^(1/n_b) * gamma_{t-1}: at most a factor tau per epoch."""
+def sps_smooth_bound(previous_step: Scalar, growth: float, n_batches_per_epoch: int) -> Scalar:
+    """The smooth_iter cap tau^(1/n_b) * gamma_{t-1}: at most a factor tau per epoch.
+    A float or a 0-dim tensor, like ``previous_step``."""
     return previous_step * growth ** (1.0 / n_batches_per_epoch)
 
 
-def sps_carried_step(step: Tensor, previous_step: Tensor) -> Tensor:
-    """What smooth_iter remembers as gamma_{t-1}: the step, unless it is 0 (no scale information)."""
-    return torch.where(step > 0, step, previous_step)
+def sps_carried_step(step: Scalar, previous_step: Scalar) -> Scalar:
+    """What smooth_iter remembers as gamma_{t-1}: the step, unless it is 0 (no scale information).
+    Floats in, float out (the CPU path); tensors stay on their device."""
+    if isinstance(step, Tensor) or isinstance(previous_step, Tensor):
+        return torch.where(torch.as_tensor(step) > 0, step, previous_step)
+    return step if step > 0 else previous_step
 
 
 class SPS(PolyakBase):
@@ -135,11 +140,25 @@ class SPS(PolyakBase):
         self.init_step_size = float(init_step_size)
         self.eps = float(eps)
 
-    def _previous_step(self, like: Tensor) -> Tensor:
+    def _previous_step(self, like: Scalar) -> Scalar:
+        """gamma_{t-1} of smooth_iter: a float on the CPU path (``like`` a float), else a
+        0-dim tensor on ``like``'s device and dtype. The state always holds a 0-dim
+        tensor, so a checkpoint saved on either path loads on the other."""
         state = self.state[GLOBAL_STATE]
         if "previous_step" not in state:
+            if not isinstance(like, Tensor):
+                return self.init_step_size
             state["previous_step"] = torch.tensor(self.init_step_size, dtype=like.dtype, device=like.device)
-        return state["previous_step"].to(like.device, like.dtype)
+        previous = state["previous_step"]
+        if not isinstance(like, Tensor):
+            return previous.item()
+        return previous.to(like.device, like.dtype)
+
+    def _store_previous_step(self, carried: Scalar) -> None:
+        if not isinstance(carried, Tensor):
+            # float64 keeps the float of the CPU path exactly.
+            carried = torch.scalar_tensor(carried, dtype=torch.float64)
+        self.state[GLOBAL_STATE]["previous_step"] = carried
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
@@ -148,11 +167,21 @@ class SPS(PolyakBase):
         loss, groups, grads = self._begin_loss_step(closure, loss)
         if not grads:
             return loss
-        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
+        # On CPU the host reads are free: the guard and the step size then run on Python
+        # floats (as in ALIG) instead of a dozen tiny kernels; on accelerators all stays on device.
+        grad_sq_norm = F.as_scalar(F.global_sq_norm(grads, foreach=self.foreach))
+        loss_value = F.as_scalar(loss)
+        if isinstance(grad_sq_norm, Tensor) and not isinstance(loss_value, Tensor):
+            loss_value = loss  # a CPU loss with device gradients: compare and subtract on the device
+        elif isinstance(loss_value, Tensor) and not isinstance(grad_sq_norm, Tensor):
+            loss_value = loss.item()  # a device loss with CPU gradients: one read, as loss.to("cpu") was
         # f* > loss is the paper's "step 0", not a user error: no lower bound check.
-        if self._guard(loss, grad_sq_norm, None):
+        if self._guard(loss_value, grad_sq_norm, None):
             return loss
-        gap = torch.clamp(loss.to(grad_sq_norm.device, grad_sq_norm.dtype) - self.fstar, min=0.0)
+        if isinstance(grad_sq_norm, Tensor):
+            gap = torch.clamp(loss_value.to(grad_sq_norm.device, grad_sq_norm.dtype) - self.fstar, min=0.0)
+        else:
+            gap = max(loss_value - self.fstar, 0.0)
         if self.mode == "constant":
             upper = self.eta_max
         else:
@@ -160,7 +189,7 @@ class SPS(PolyakBase):
             upper = sps_smooth_bound(previous, self.gamma, self.n_batches_per_epoch)
         step, unclipped, clipped = F.polyak_step_size(gap, self.c * grad_sq_norm, self.eps, upper)
         if self.mode == "smooth_iter":
-            self.state[GLOBAL_STATE]["previous_step"] = sps_carried_step(step, previous)
+            self._store_previous_step(sps_carried_step(step, previous))
         scalar_step = F.as_scalar(step)
         for group, params in zip(self.param_groups, groups):
             self._set_step_stats(group, step, unclipped, clipped)
@@ -168,7 +197,6 @@ class SPS(PolyakBase):
                 F.sgd_step_(params, [p.grad for p in params], scalar_step, foreach=self.foreach)
         self.global_state["step"] += 1
         return loss
-
 
 register(OptimizerSpec(
     name="sps",
