@@ -118,7 +118,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     stem = "step_overhead" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    lines = [f"# Step time relative to torch SGD(momentum=0.9, foreach=True)\n",
+    lines = ["# Step time relative to torch SGD(momentum=0.9, foreach=True)\n",
              f"device: {results['device']} ({args.device}), torch {results['torch']}, {results['threads']} threads, "
              f"median of {args.rounds} alternating rounds\n"]
     for block in results["sizes"]:

@@ -199,7 +199,6 @@ def test_closure_path_matches_the_loss_path():
 # ---------------------------------------------------------------------------- state_dict resume
 def test_state_dict_round_trip_continues_bit_identically():
     params0, loss_fn = make_problem(n_batches=30)
-    steps = [(i, False) for i in range(30)]
 
     def fresh():
         W = params0[0].clone().requires_grad_(True)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
