@@ -288,26 +288,31 @@ def _mean_curve(records: List[Dict[str, Any]], key) -> Tuple[List[int], List[flo
     return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
 
 
+def _line_style(plt, index: int) -> Dict[str, Any]:
+    """One look per optimizer, the same in every plot: 20 colours, then dashed."""
+    return {"color": plt.cm.tab20(index % 20), "linestyle": "-" if index < 20 else "--"}
+
+
 def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
     plt = _plt()
     written = []
     for column in data.columns:
         metric = data.metrics[column]
         fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-        for optimizer in data.optimizers:
+        for index, optimizer in enumerate(data.optimizers):
             cell = data.cells.get((column, optimizer))
             if cell is None:
                 continue
             epochs, losses = _mean_curve(cell.records, lambda e: e.get("train_loss"))
             if epochs:
-                ax_loss.plot(epochs, losses, label=optimizer)
+                ax_loss.plot(epochs, losses, label=optimizer, **_line_style(plt, index))
             epochs, vals = _mean_curve(cell.records, lambda e: (e.get("val") or {}).get(metric))
             if epochs:
-                ax_val.plot(epochs, vals, label=optimizer)
+                ax_val.plot(epochs, vals, label=optimizer, **_line_style(plt, index))
         ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean)", title=f"{data.label(column)}: training loss")
         ax_loss.set_yscale("log")
         ax_val.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"{data.label(column)}: validation {metric}")
-        ax_val.legend(fontsize=7)
+        ax_val.legend(fontsize=6, ncol=2)
         written.append(_save(fig, out_dir, f"curves_{_safe(column[0])}_{_safe(column[1])}.png"))
     return written
 
@@ -319,14 +324,14 @@ def plot_step_sizes(data: ReportData, out_dir: Path) -> List[str]:
     written = []
     for column in data.columns:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for optimizer in data.optimizers:
+        for index, optimizer in enumerate(data.optimizers):
             cell = data.cells.get((column, optimizer))
             if cell is None or not cell.records:
                 continue
             trace = cell.records[0].get("step_size_trace") or {}
             points = [(s, v) for s, v in zip(trace.get("steps", []), trace.get("values", [])) if v is not None and v > 0]
             if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], label=optimizer)
+                ax.plot([s for s, _ in points], [v for _, v in points], label=optimizer, **_line_style(plt, index))
         ax.set_yscale("log")
         ax.set(xlabel="step", ylabel="step size (first param group)", title=f"{data.label(column)}: step sizes")
         ax.legend(fontsize=7)
@@ -357,23 +362,30 @@ def performance_ratios(data: ReportData) -> Dict[str, List[float]]:
     return ratios
 
 
+#: the right end of the performance profile's axis
+PROFILE_TAU_MAX = 100.0
+
+
 def plot_performance_profile(data: ReportData, out_dir: Path) -> List[str]:
     plt = _plt()
     ratios = performance_ratios(data)
     finite = [r for rs in ratios.values() for r in rs if math.isfinite(r)]
     if not finite:
         return []
-    tau_max = max(2.0, max(finite) * 1.1)
+    # Ratios past PROFILE_TAU_MAX count as "not solved": one diverged run (a loss ratio of
+    # 1e30) must not stretch the axis until every other curve is a vertical line at 1.
+    tau_max = min(PROFILE_TAU_MAX, max(2.0, max(finite) * 1.1))
     taus = [tau_max ** (i / 200) for i in range(201)]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for optimizer, rs in ratios.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, (optimizer, rs) in enumerate(ratios.items()):
         if not rs:
             continue
-        ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=optimizer)
+        ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=optimizer,
+                **_line_style(plt, index))
     ax.set_xscale("log")
-    ax.set(xlabel="tau (ratio to the best optimizer on a workload)", ylabel="fraction of workloads",
-           title="Performance profile (Dolan-Moré)", ylim=(-0.02, 1.02))
-    ax.legend(fontsize=7)
+    ax.set(xlabel=f"tau (ratio to the best optimizer on a workload; beyond {tau_max:g}: not solved)",
+           ylabel="fraction of workloads", title="Performance profile (Dolan-Moré)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
     return [_save(fig, out_dir, "performance_profile.png")]
 
 
