@@ -357,3 +357,38 @@ def test_registry_builds_alig_and_alig_infinity():
     assert spec.needs == frozenset({"loss"}) and spec.passes == (1, 1)
     with pytest.raises(KeyError, match="available"):
         polyak.create("no-such-optimizer", [w])
+
+
+# ------------------------------------------------------------------------------- training
+def _digits_accuracy(seed, max_lr, momentum, max_norm, epochs=20):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_datasets.load_digits()
+    X_train, X_test, y_train, y_test = train_test_split(
+        digits.data, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+    mean, std = X_train.mean(0), X_train.std(0)
+    std[std == 0] = 1.0  # border pixels are constant in training: leave them unscaled
+    X_train = torch.tensor((X_train - mean) / std, dtype=torch.float32)
+    X_test = torch.tensor((X_test - mean) / std, dtype=torch.float32)
+    y_train, y_test = torch.tensor(y_train), torch.tensor(y_test)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).float()
+    opt = ALIG(model.parameters(), max_lr=max_lr, momentum=momentum, max_norm=max_norm)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(X_train), generator=gen)
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            loss = torch.nn.functional.cross_entropy(model(X_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step(loss=loss)
+    with torch.no_grad():
+        return (model(X_test).argmax(1) == y_test).double().mean().item()
+
+
+def test_digits_mlp_reaches_97_percent():
+    # 360 test digits; the papers' setting (momentum 0.9, a global ball). Seeds 0-4 of this
+    # recipe gave 96.9 to 98.1 percent; seed 0 gives 97.5.
+    assert _digits_accuracy(seed=0, max_lr=0.1, momentum=0.9, max_norm=100.0) >= 0.97
