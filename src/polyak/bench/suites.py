@@ -53,6 +53,7 @@ _USER_DATA = ("cifar10-resnet8", "cifar100-resnet8", "svhn-resnet8", "cifar10-wr
 # The papers' methods and baselines, and the learning-rate-free peers.
 _LITE_OPTIMIZERS = (
     "alig", "alig-inf", "alig-plus", "galig2-plus", "sps", "dfw", "pal", "labpal-nsgd", "labpal-sgd",
+    "labpal-nsgd-reference", "labpal-sgd-reference",
     "sls-armijo", "sls-polyak", "l4-adam",
     "sgd", "sgd-step", "adam", "prodigy", "dadapt-sgd", "schedulefree-sgd", "dog", "momo", "cocob",
 )
@@ -76,7 +77,7 @@ SUITES = {
         workloads=_LITE_CHEAP + _LITE_DEEP + _USER_DATA,
         library_optimizers=False, optimizers=_LITE_OPTIMIZERS,
         seeds=3, grid_points=None, tune_regularisation=True,
-        summary="11 workloads on the real data here (+5 on user data), 20 optimizers; full grids and 3 seeds "
+        summary="11 workloads on the real data here (+5 on user data), 23 optimizers; full grids and 3 seeds "
                 "on the cheap ones, 2 step sizes and 1 seed on the deep ones (about 1.5 h on 2 cores)",
         overrides={w: {"seeds": 1, "grid_points": 2, "tune_regularisation": False} for w in _LITE_DEEP + _USER_DATA},
     ),
