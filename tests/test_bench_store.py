@@ -85,3 +85,14 @@ def test_records_of_another_schema_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="record schema"):
         with Store(tmp_path) as store:
             assert store.count() == 0
+
+
+def test_a_record_deleted_by_hand_leaves_the_index_so_resume_reruns_it(tmp_path):
+    with Store(tmp_path) as store:
+        store.write_record(_record("a"))
+        store.write_record(_record("b", seed=1))
+    (tmp_path / "trials" / "a.json").unlink()
+    with Store(tmp_path) as store:
+        store.sync()
+        assert store.completed_ids() == {"b"}
+        assert store.count() == 1

@@ -144,7 +144,8 @@ register(OptimizerSpec(
     factory=ALIG,
     needs=frozenset({"loss"}),
     passes=(1, 1),
-    defaults={"max_lr": 0.1},
+    # the papers' experiments: momentum 0.9 (the class keeps 0, the plain method)
+    defaults={"max_lr": 0.1, "momentum": 0.9},
     step_size_param="max_lr",
     step_size_grid=(0.01, 0.1, 1.0, 10.0),
     summary="ALI-G: clipped Polyak step with a global L2-ball constraint (Berrada et al., ICML 2020)",

@@ -167,7 +167,9 @@ class Store:
                 pass
         known = {row["trial_id"]: row["record"] for row in self._connection.execute("SELECT trial_id, record FROM trials")}
         indexed = 0
+        on_disk = set()
         for path in sorted(self.trials_dir.glob("*.json")):
+            on_disk.add(path.stem)
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as error:
@@ -182,6 +184,12 @@ class Store:
                 continue
             self.index_record(record)
             indexed += 1
+        # The JSON records are the truth: a record deleted by hand (to rerun that trial)
+        # leaves the index too, or resume would count the trial as done.
+        gone = [trial_id for trial_id in known if trial_id not in on_disk]
+        if gone:
+            with self._connection:
+                self._connection.executemany("DELETE FROM trials WHERE trial_id = ?", [(t,) for t in gone])
         return indexed
 
     def completed_ids(self) -> Set[str]:
