@@ -1,6 +1,5 @@
 """ALI-G: closed forms, a float64 reference loop written from ALGORITHMS.md, resume, bad input."""
 import copy
-import io
 import math
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import polyak
 from polyak import ALIG, NonFiniteError
 
+from helpers import through_torch_save  # tests/helpers.py
 
 
 # every tensor of these tests is float64 unless said otherwise (fixture in tests/conftest.py)
@@ -233,10 +233,7 @@ def test_state_dict_round_trip_continues_bit_identically():
 
     p_half, o_half = fresh()
     train(p_half, o_half, batches[:13])
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = through_torch_save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()})
     p_res, o_res = fresh()
     with torch.no_grad():
         for p, s in zip(p_res, saved["params"]):

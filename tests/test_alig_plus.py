@@ -1,7 +1,6 @@
 """ALI-G+: a float64 reference loop written from ALGORITHMS.md (all variants), the
 first section equals ALI-G, mid-section resume, bad input, and digits training."""
 import copy
-import io
 import math
 
 import pytest
@@ -9,6 +8,8 @@ import torch
 
 import polyak
 from polyak import ALIG, ALIGPlus
+
+from helpers import through_torch_save  # tests/helpers.py
 
 
 @pytest.fixture(autouse=True)
@@ -300,10 +301,7 @@ def test_state_dict_round_trip_mid_section_continues_bit_identically(aov, loss_r
 
     # stop inside epoch 5 (second section, after one AOV update), mid-epoch
     half_params, half_opt, _ = run_ours(params0, loss_fn, batches, max_lrs=max_lrs, stop_after=(5, 2), **kwargs)
-    buffer = io.BytesIO()
-    torch.save({"params": [p.detach().clone() for p in half_params], "opt": half_opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = through_torch_save({"params": [p.detach().clone() for p in half_params], "opt": half_opt.state_dict()})
     new_params = [p.clone().requires_grad_(True) for p in saved["params"]]
     groups = [{"params": [new_params[0]], "max_lr": max_lrs[0]}, {"params": [new_params[1]], "max_lr": max_lrs[1]}]
     new_opt = ALIGPlus(groups, max_lr=max_lrs[0], num_samples=N_SAMPLES, epochs=EPOCHS, K=K, **kwargs)

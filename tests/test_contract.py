@@ -5,7 +5,6 @@ record's `needs`, the constructor's run-dependent arguments from its `context`.
 """
 import copy
 import inspect
-import io
 import math
 
 import pytest
@@ -13,6 +12,8 @@ import torch
 from torch import nn
 
 import polyak
+
+from helpers import through_torch_save  # tests/helpers.py
 
 N_SAMPLES, BATCH, EPOCHS = 96, 16, 8
 N_BATCHES = N_SAMPLES // BATCH
@@ -141,10 +142,7 @@ def test_state_dict_round_trip_continues_bit_identically(spec):
     opt_a = _build(spec, model_a)
     _train(spec, opt_a, model_a, X, y, 3)
 
-    buffer = io.BytesIO()
-    torch.save({"model": model_a.state_dict(), "opt": opt_a.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = through_torch_save({"model": model_a.state_dict(), "opt": opt_a.state_dict()})
     model_b = _model(seed=1)
     model_b.load_state_dict(saved["model"])
     opt_b = _build(spec, model_b)

@@ -2,7 +2,6 @@
 TensorFlow code (order of the L_min updates, bias corrections, Adam eps 1e-4), resume,
 negative and non-finite losses, bad input."""
 import copy
-import io
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ import torch
 import polyak
 from polyak import NonFiniteError
 from polyak.l4 import L4
+
+from helpers import through_torch_save  # tests/helpers.py
 
 
 # float64 everywhere (tests/conftest.py); one intra-op thread comes from there too
@@ -160,10 +161,7 @@ def test_state_dict_round_trip_continues_bit_identically(base):
     train(p_full, o_full, batches)
     p_half, o_half = fresh()
     train(p_half, o_half, batches[:11])
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = through_torch_save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()})
     # every piece of L4's state is in the state_dict
     assert {"exp_avg"} | ({"exp_avg_sq"} if base == "adam" else set()) == set(saved["opt"]["state"][0])
     assert "min_loss" in saved["opt"]["state"]["global"]

@@ -1,7 +1,6 @@
 """SPS: closed forms, a float64 reference loop written from ALGORITHMS.md (both modes, two
 groups, a zero-gradient step, a loss below f*), resume, bad input, a digits training check."""
 import copy
-import io
 
 import pytest
 import torch
@@ -9,6 +8,8 @@ import torch
 import polyak
 from polyak import NonFiniteError
 from polyak.sps import SPS
+
+from helpers import through_torch_save  # tests/helpers.py
 
 
 # float64 everywhere (tests/conftest.py); one intra-op thread comes from there too
@@ -216,10 +217,7 @@ def test_state_dict_round_trip_continues_bit_identically():
     train(p_full, o_full, range(30))
     p_half, o_half = fresh()
     train(p_half, o_half, range(13))
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = through_torch_save({"params": [p.detach().clone() for p in p_half], "opt": o_half.state_dict()})
     p_res, o_res = fresh()
     with torch.no_grad():
         for p, s in zip(p_res, saved["params"]):
