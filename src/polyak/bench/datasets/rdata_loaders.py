@@ -58,16 +58,21 @@ def _convert(parsed, origin: str):
             raise DataFormatError(f"{origin}: cannot convert the R object ({type(error).__name__}: {error})") from error
 
 
-def _parse_serialized(raw: bytes, origin: str):
-    rdata = _rdata()
+def _parse(parse, source, origin: str, what: str):
+    """rdata's parser on ``source``; any failure (rdata raises many kinds on bad
+    input) becomes one DataFormatError that names the file and says ``what`` failed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
-            parsed = rdata.parser.parse_data(raw)
+            return parse(source)
         except Exception as error:
             raise DataFormatError(
-                f"{origin}: not a valid R serialization ({type(error).__name__}: {error}); the file is corrupt or truncated"
+                f"{origin}: {what} ({type(error).__name__}: {error}); the file is corrupt or truncated"
             ) from error
+
+
+def _parse_serialized(raw: bytes, origin: str):
+    parsed = _parse(_rdata().parser.parse_data, raw, origin, "not a valid R serialization")
     return _convert(parsed, origin)
 
 
@@ -76,15 +81,7 @@ def read_rda(path: PathLike) -> Dict[str, object]:
     path = Path(path)
     if not path.is_file():
         raise DatasetMissing(f"R data file {path} does not exist")
-    rdata = _rdata()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            parsed = rdata.parser.parse_file(path)
-        except Exception as error:
-            raise DataFormatError(
-                f"{path}: cannot read it as R data ({type(error).__name__}: {error}); the file is corrupt or truncated"
-            ) from error
+    parsed = _parse(_rdata().parser.parse_file, path, str(path), "cannot read it as R data")
     objects = _convert(parsed, str(path))
     if not isinstance(objects, dict):
         raise DataFormatError(f"{path}: expected named objects (an .rda file), got a single {type(objects).__name__} (an .rds file?)")
