@@ -27,6 +27,16 @@ class NonFiniteError(FloatingPointError):
     """A loss or gradient was NaN or infinite and the optimizer was told to raise."""
 
 
+#: default of an argument that has no safe default (ALIG's max_lr, DFW's eta): see :func:`require`
+MISSING = object()
+
+
+def require(owner: str, name: str, value: Any, expected: str) -> None:
+    """Raise a TypeError that says what to pass when a required argument was left out."""
+    if value is MISSING:
+        raise TypeError(f"{owner} needs {name}: {expected}")
+
+
 def check_positive(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False, fix: str = "") -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite positive number."""
     if value is None and allow_none:

@@ -30,10 +30,9 @@ from typing import Callable, Optional
 import torch
 
 from . import functional as F
-from ._base import PolyakBase, check_in_range, check_positive
+from ._base import MISSING, PolyakBase, check_in_range, check_positive, require
 from ._registry import OptimizerSpec, register
 
-_MISSING = object()
 
 
 class ALIG(PolyakBase):
@@ -60,7 +59,7 @@ class ALIG(PolyakBase):
     def __init__(
         self,
         params,
-        max_lr=_MISSING,
+        max_lr=MISSING,
         momentum: float = 0.0,
         max_norm: Optional[float] = None,
         projection: Optional[Callable] = None,
@@ -71,11 +70,8 @@ class ALIG(PolyakBase):
         nonfinite: str = "skip",
         foreach: bool = True,
     ):
-        if max_lr is _MISSING:
-            raise TypeError(
-                "ALIG needs max_lr: a positive float (the papers use 0.1, 1 or 10) or max_lr=None for "
-                "ALI-G infinity (no clip)"
-            )
+        require("ALIG", "max_lr", max_lr,
+                "a positive float (the papers use 0.1, 1 or 10) or max_lr=None for ALI-G infinity (no clip)")
         check_positive("max_lr", max_lr, allow_none=True, fix="Use None for ALI-G infinity.")
         check_in_range("momentum", momentum, 0.0, 1.0)
         check_positive("max_norm", max_norm, allow_none=True)

@@ -61,12 +61,13 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_in_range, check_int, check_positive
+from ._base import (
+    GLOBAL_STATE, MISSING, PolyakBase, check_choice, check_in_range, check_int, check_positive, require,
+)
 from ._registry import OptimizerSpec, register
 
 __all__ = ["ALIGPlus", "aov_update_"]
 
-_MISSING = object()
 
 AOV_MODES = ("per_sample", "global_batch", "global_running")
 LOSS_RECORDS = ("last", "best_epoch")
@@ -132,7 +133,7 @@ class ALIGPlus(PolyakBase):
     def __init__(
         self,
         params,
-        max_lr=_MISSING,
+        max_lr=MISSING,
         num_samples: Optional[int] = None,
         epochs: Optional[int] = None,
         K: int = 5,
@@ -146,11 +147,8 @@ class ALIGPlus(PolyakBase):
         nonfinite: str = "skip",
         foreach: bool = True,
     ):
-        if max_lr is _MISSING:
-            raise TypeError(
-                "ALIGPlus needs max_lr: a positive float (the paper's grid is 0.01, 0.1, 1, 10) "
-                "or max_lr=None for no clip"
-            )
+        require("ALIGPlus", "max_lr", max_lr,
+                "a positive float (the paper's grid is 0.01, 0.1, 1, 10) or max_lr=None for no clip")
         check_positive("max_lr", max_lr, allow_none=True, fix="Use None for no clip.")
         check_choice("aov", aov, AOV_MODES)
         check_choice("loss_record", loss_record, LOSS_RECORDS)

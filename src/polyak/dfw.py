@@ -48,11 +48,10 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ._base import check_choice, check_in_range, check_positive
+from ._base import MISSING, check_choice, check_in_range, check_positive, require
 from ._registry import OptimizerSpec, register
 from .alig import ALIG
 
-_MISSING = object()
 HINGE_REDUCTIONS = ("mean", "none", "sum")
 
 
@@ -142,15 +141,14 @@ class DFW(ALIG):
     def __init__(
         self,
         params,
-        eta=_MISSING,
+        eta=MISSING,
         momentum: float = 0.0,
         eps: float = 1e-5,
         *,
         nonfinite: str = "skip",
         foreach: bool = True,
     ):
-        if eta is _MISSING:
-            raise TypeError("DFW needs eta: a positive float (the authors use 0.1 or 1), the largest step size")
+        require("DFW", "eta", eta, "a positive float (the authors use 0.1 or 1), the largest step size")
         check_positive("eta", eta, fix="It is DFW's proximal coefficient, the largest step (0.1 or 1 in the paper).")
         check_in_range("momentum", momentum, 0.0, 1.0)
         check_positive("eps", eps, fix="It keeps the line search finite when the gradient vanishes (1e-5).")
