@@ -21,9 +21,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from .._base import PolyakBase
+import inspect
 
-__all__ = ["add_loss", "unwrap"]
+from .._base import PolyakBase
+from .._registry import specs
+
+__all__ = ["add_loss", "unwrap", "step_needs", "takes_group_weight_decay", "without_zero_weight_decay"]
 
 # Attribute under which each framework's optimizer wrapper keeps the wrapped optimizer:
 # accelerate's AcceleratedOptimizer and HF's wrappers use ``optimizer``, Lightning's
@@ -62,3 +65,37 @@ def add_loss(optimizer, loss: Tensor, index: Optional[Tensor] = None) -> None:
         target.add_loss(loss)
     else:
         target.add_loss(loss, index=index)
+
+
+def step_needs(optimizer) -> frozenset:
+    """What the step of ``optimizer`` needs from the training loop, from its registry
+    records: "loss" (the batch mean loss: ALI-G, SPS, L4, DFW), "per_sample_loss" and
+    "index" (ALI-G+), "probe_closure" (the line searches)."""
+    cls = type(unwrap(optimizer))
+    return frozenset().union(*(spec.needs for spec in specs() if spec.factory is cls))
+
+
+def takes_group_weight_decay(cls) -> bool:
+    """Whether a param group of ``cls`` may carry ``weight_decay`` (the frameworks put it in
+    every group they build). The class's declared ``group_keys`` decide; before that
+    declaration existed, the constructor's signature."""
+    keys = getattr(cls, "group_keys", None)
+    if keys is not None:
+        return "weight_decay" in keys
+    return "weight_decay" in inspect.signature(cls).parameters
+
+
+def without_zero_weight_decay(groups, owner: str, cls) -> list:
+    """Framework-built param groups for an optimizer without weight decay: groups whose
+    ``weight_decay`` is 0 lose the key; a non-zero one is refused, never ignored."""
+    out = []
+    for group in groups:
+        group = dict(group)
+        decay = group.pop("weight_decay", 0.0)
+        if decay:
+            raise ValueError(
+                f"{owner}: {cls.__name__} has no weight decay but a param group asks for weight_decay={decay}; "
+                f"set the framework's weight decay to 0 (ALI-G keeps its parameters in an L2 ball instead: max_norm=)"
+            )
+        out.append(group)
+    return out

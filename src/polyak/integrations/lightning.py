@@ -35,17 +35,9 @@ try:  # the unified package first, then the standalone one
 except ImportError:
     import pytorch_lightning as pl
 
-from .._registry import specs
-from . import add_loss, unwrap
+from . import add_loss, step_needs, unwrap
 
 __all__ = ["PolyakCallback", "LineSearchModule", "add_loss"]
-
-
-def _takes_batch_mean_loss(optimizer) -> bool:
-    """Whether the optimizer's step reads the batch mean loss (ALI-G, SPS, L4, DFW):
-    those the callback feeds. ALI-G+ takes per-sample losses from training_step."""
-    cls = type(optimizer)
-    return any(spec.factory is cls and "loss" in spec.needs for spec in specs())
 
 
 class PolyakCallback(pl.Callback):
@@ -72,8 +64,8 @@ class PolyakCallback(pl.Callback):
                 "yourself with polyak.integrations.add_loss(optimizer, loss) in manual optimization"
             )
         optimizer = unwrap(optimizers[0])
-        if not _takes_batch_mean_loss(optimizer):
-            return
+        if "loss" not in step_needs(optimizer):
+            return  # ALI-G+: training_step hands over the per-sample losses and indices
         loss = loss.detach()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
