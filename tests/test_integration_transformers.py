@@ -125,6 +125,6 @@ def test_polyak_trainer_equals_plain_loop(name, tmp_path):
 
 def test_weight_decay_refused_where_the_optimizer_has_none(tmp_path):
     trainer = PolyakTrainer(model=tiny_bert(), args=arguments(tmp_path, weight_decay=0.01), train_dataset=examples(),
-                            optimizer_cls_and_kwargs=(polyak.ALIG, {"max_lr": 1.0}))
+                            optimizer_cls_and_kwargs=(polyak.DFW, {"eta": 0.1}))
     with pytest.raises(ValueError, match="weight_decay=0.01"):
         trainer.train()

@@ -452,9 +452,13 @@ class PolyakBase(torch.optim.Optimizer):
         if closure is not None:
             if not callable(closure):
                 raise TypeError(f"{name}.step: closure must be callable, got {type(closure).__name__}")
+            handed_over = len(self._pending)
             with torch.enable_grad():
                 returned = closure()
-            if loss is None:
+            # A closure that hands its loss over itself (Lightning's runs training_step and
+            # backward, where polyak.integrations.lightning hands the loss over) ran for its
+            # side effects: the hand-overs are this step's loss, its return value is not.
+            if loss is None and len(self._pending) == handed_over:
                 if returned is None:
                     raise ValueError(f"{name}.step: the closure returned None; it must return the loss it backpropagated")
                 if isinstance(returned, tuple):

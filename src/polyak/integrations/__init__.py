@@ -47,8 +47,9 @@ def unwrap(optimizer) -> PolyakBase:
                 return optimizer
             break
         optimizer = inner
+    inside = f" inside {type(seen).__name__}" if optimizer is not seen else ""
     raise TypeError(
-        f"expected a polyak optimizer (or a framework wrapper around one), got {type(seen).__name__}; "
+        f"expected a polyak optimizer (or a framework wrapper around one), got {type(optimizer).__name__}{inside}; "
         "the loss hand-over only applies to polyak's optimizers"
     )
 
