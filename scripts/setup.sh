@@ -13,6 +13,8 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[test,bench]"
+    # torch pinned on the same command line: the extras (lightning, transformers,
+    # accelerate) must not make pip replace the CPU build
+    .venv/bin/python -m pip install -q -e ".[test,bench]" "torch==2.13.0"
     echo "$want" > "$stamp"
 fi
