@@ -108,3 +108,14 @@ def test_zero_weight_decay_groups_lose_the_key_and_a_nonzero_one_is_refused():
     assert groups == [{"params": [w]}]
     with pytest.raises(ValueError, match="weight_decay=0.05"):
         without_zero_weight_decay([{"params": [w], "weight_decay": 0.05}], "test", polyak.DFW)
+
+
+def test_importing_polyak_and_its_integrations_package_needs_torch_alone():
+    import subprocess
+    import sys
+
+    code = ("import sys, polyak, polyak.integrations, polyak.integrations.timm; "
+            "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'transformers', 'accelerate', 'timm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
