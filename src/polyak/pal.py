@@ -55,8 +55,12 @@ from typing import List
 import torch
 from torch import Tensor
 
+from . import _distributed as dist
 from . import functional as F
-from ._base import NonFiniteError, PolyakBase, StartPoint, check_in_range, check_positive, reject_per_group_hyperparameters
+from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
+from ._line_search import (
+    Rollback, StartPoint, begin_line_search, check_distributed_arguments, global_loss, reject_per_group_hyperparameters,
+)
 from ._registry import OptimizerSpec, register
 
 # Floor of ||d||: keeps b = -(g.d)/||d|| finite (= 0) for a zero direction.
@@ -100,6 +104,15 @@ class PAL(PolyakBase):
         momentum: beta, direction adaptation d <- beta*d + g (paper: 0.4; 0 uses d = g).
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; a non-finite loss,
             gradient, slope or curvature is such a case.
+        process_group, loss_is_global: under torch.distributed both probe losses are
+            averaged over the ranks of ``process_group`` (default: all), so every rank
+            fits the same parabola; ``loss_is_global=True`` if the closure already
+            returns the global loss.
+
+    Complex parameters are searched as their real views (torch.optim's convention):
+    the same steps as on the real problem in twice the dimensions. A closure that
+    raises leaves parameters and state exactly as before the step (see
+    :class:`polyak._line_search.Rollback`).
 
     Example::
 
@@ -109,7 +122,6 @@ class PAL(PolyakBase):
         opt.step(closure)
     """
 
-    passes_per_step = (2, 1)
     _OPTIMIZER_WIDE = ("measuring_step", "update_factor", "max_step", "momentum")
 
     def __init__(
@@ -122,30 +134,41 @@ class PAL(PolyakBase):
         *,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         check_positive("measuring_step", measuring_step, fix="It is the distance of the second loss measurement (paper: 1).")
         check_positive("update_factor", update_factor, fix="It multiplies the parabola's minimum (paper: 1/0.6).")
         check_positive("max_step", max_step, allow_none=True, fix="It caps the distance moved per step (paper: 3.16).")
         check_in_range("momentum", momentum, 0.0, 1.0)
+        check_distributed_arguments("PAL", loss_is_global)
         super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
         reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
         self.measuring_step = float(measuring_step)
         self.update_factor = float(update_factor)
         self.max_step = None if max_step is None else float(max_step)
         self.momentum = float(momentum)
+        self.process_group = process_group
+        self.loss_is_global = loss_is_global
         self._start_point = StartPoint(foreach)
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
-        """One PAL step. ``closure()`` returns this batch's mean loss without backward."""
-        probe, loss_0, params, grads, grad_sq_norm = self._begin_line_search(closure, loss, "at a second point")
+        """One PAL step. ``closure()`` returns this batch's mean loss without backward.
+        Returns the loss at the start point (the mean over ranks under torch.distributed)."""
+        with Rollback(self) as rollback:
+            return self._search(closure, loss, rollback)
+
+    def _search(self, closure, loss, rollback: Rollback):
+        probe, loss_0, params, grads, grad_sq_norm = begin_line_search(self, closure, loss, "at a second point")
         if not params:
             return loss_0
+        originals = [p for ps in self._params_with_grad() for p in ps]
 
         if self.momentum > 0:
-            directions = self._adapted_directions(params, grads)
-            direction_sq_norm = F.global_sq_norm(directions, foreach=self.foreach)
-            grad_dot_direction = F.global_dot(grads, directions, foreach=self.foreach)
+            directions = self._adapted_directions(originals, grads)
+            direction_sq_norm = dist.global_sq_norm(directions, originals, foreach=self.foreach)
+            grad_dot_direction = dist.global_dot(grads, directions, originals, foreach=self.foreach)
         else:
             directions = grads
             direction_sq_norm = grad_sq_norm
@@ -156,8 +179,9 @@ class PAL(PolyakBase):
         loss_0 = loss_0.to(direction_norm.device)
 
         start_points = self._start_point.save(params)
+        rollback.moving(params, start_points)
         F.sgd_step_(params, directions, F.as_scalar(self.measuring_step / direction_norm), foreach=self.foreach)
-        loss_mu = probe.loss().to(direction_norm.device)
+        loss_mu = global_loss(self, probe.loss()).to(direction_norm.device)
 
         update_step, unclipped, curvature, finite = parabolic_update_step(
             loss_0.to(scalar_dtype), loss_mu.to(scalar_dtype), slope,
@@ -179,7 +203,7 @@ class PAL(PolyakBase):
         F.sgd_step_(params, directions, F.as_scalar(learning_rate), foreach=self.foreach)
 
         if self.momentum > 0:
-            for p, d in zip(params, directions):
+            for p, d in zip(originals, directions):
                 self.state[p]["direction"] = d
         clipped = unclipped > self.max_step if self.max_step is not None else torch.zeros_like(unclipped, dtype=torch.bool)
         for group in self.param_groups:
@@ -195,7 +219,8 @@ class PAL(PolyakBase):
     def _adapted_directions(self, params: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
         """d = beta*d_prev + g into NEW tensors: the stored direction changes only
         once the step succeeds, so a skipped step leaves the state bit-identical.
-        Without a previous direction d = g exactly (beta*0 + g)."""
+        Without a previous direction d = g exactly (beta*0 + g). The buffer is kept
+        in the form the search computes with (real view, local shard)."""
         previous = [self.state[p].get("direction") for p in params]
         if self.foreach and all(d is not None for d in previous):
             directions = torch._foreach_mul(previous, self.momentum)
