@@ -62,32 +62,12 @@ from ._line_search import (
     Rollback, StartPoint, begin_line_search, check_distributed_arguments, global_loss, reject_per_group_hyperparameters,
 )
 from ._registry import OptimizerSpec, register
+from .parabola import parabolic_update_step
+
+__all__ = ["PAL", "parabolic_update_step"]
 
 # Floor of ||d||: keeps b = -(g.d)/||d|| finite (= 0) for a zero direction.
 _DIRECTION_NORM_FLOOR = 1e-30
-
-
-def parabolic_update_step(
-    loss_0: Tensor, loss_mu: Tensor, slope: Tensor, measuring_step: float, update_factor: float, max_step: float
-):
-    """PAL's jump distance s along the unit direction from a 2-point + slope parabola.
-
-    Returns ``(s, s_before_clip, curvature, finite)`` as 0-dim tensors, branch-free
-    (no host read). ``finite`` is false when the curvature or slope is NaN/inf; ``s``
-    is then 0.
-    """
-    curvature = (loss_mu - loss_0 - slope * measuring_step) / (measuring_step * measuring_step)
-    descent = slope < 0
-    # -b/(2a) is evaluated for every a; where() keeps it only where a > 0.
-    parabola_min = -slope / (2 * curvature) * update_factor
-    unclipped = torch.where(
-        descent & (curvature > 0), parabola_min,
-        torch.where(descent, torch.full_like(slope, measuring_step), torch.zeros_like(slope)),
-    )
-    finite = torch.isfinite(curvature) & torch.isfinite(slope)
-    unclipped = torch.where(finite, unclipped, torch.zeros_like(unclipped))
-    step = unclipped if max_step is None else torch.clamp(unclipped, max=max_step)
-    return step, unclipped, curvature, finite
 
 
 class PAL(PolyakBase):
