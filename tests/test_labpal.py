@@ -474,3 +474,34 @@ def test_half_precision_parameters_are_refused_instead_of_standing_still(dtype):
     with pytest.raises(ValueError, match=str(dtype)):
         opt.add_param_group({"params": [nn.Parameter(torch.zeros(2, dtype=dtype))]})
     assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+def test_a_complex_parameter_steps_as_its_real_view(mode):
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    kwargs = dict(mode=mode, approx_batches=2, reuse_steps=3, momentum=0.5, batch_size=64)  # k = 2
+    on_complex, on_real = LABPAL([z], **kwargs), LABPAL([w], **kwargs)
+    for i in range(12):
+        on_complex.step(lambda i=i: loss_of_complex(z, i))
+        on_real.step(lambda i=i: loss_of_real(w, i))
+    assert on_real.global_state["step"] >= 3
+    assert_same_trajectory(z, w)
+
+
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+def test_the_foreach_path_matches_the_per_tensor_loop_in_float64(mode):
+    trained = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1)).double()
+        opt = LABPAL(model.parameters(), mode=mode, approx_batches=2, reuse_steps=3, momentum=0.5, batch_size=64,
+                     foreach=foreach)
+        batches = [(x.double(), y.double()) for x, y in _batches(20)]
+        torch.manual_seed(1)
+        _run(model, opt, batches)
+        assert opt.global_state["step"] >= 5 and opt.global_state["labpal"].measurements >= 2
+        trained.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*trained):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)

@@ -327,3 +327,14 @@ def test_a_closure_raising_at_the_measuring_point_restores_parameters_and_state_
     torch.set_rng_state(rng)
     train(twin, twin_opt, 2, seed=11)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_a_complex_parameter_steps_as_its_real_view():
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    on_complex, on_real = PAL([z], momentum=0.4), PAL([w], momentum=0.4)
+    for i in range(10):
+        on_complex.step(lambda: loss_of_complex(z, i))
+        on_real.step(lambda: loss_of_real(w, i))
+    assert_same_trajectory(z, w)

@@ -374,3 +374,15 @@ def test_a_closure_raising_mid_search_restores_parameters_and_state_and_re_raise
     assert closure.calls == fail_at
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
     assert_same_state(opt.state_dict(), state_before)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(condition="goldstein", reset=0), dict(momentum=0.6, reset=0)])
+def test_a_complex_parameter_steps_as_its_real_view(kwargs):
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    on_complex, on_real = SLS([z], **kwargs), SLS([w], **kwargs)
+    for i in range(10):
+        on_complex.step(lambda: loss_of_complex(z, i))
+        on_real.step(lambda: loss_of_real(w, i))
+    assert_same_trajectory(z, w)
