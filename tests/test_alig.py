@@ -302,10 +302,15 @@ def test_non_scalar_loss_raises():
         opt.step(loss=torch.ones(3))
 
 
-def test_both_closure_and_loss_raises():
+def test_closure_and_loss_together_call_the_closure_and_use_the_loss():
+    # A framework (Lightning, accelerate) passes its own closure; loss= is the loss to use.
     w, opt, loss = _one_param_step()
-    with pytest.raises(ValueError, match="either"):
-        opt.step(lambda: loss, loss=loss)
+    calls = []
+    opt.step(lambda: calls.append(1) or torch.tensor(100.0), loss=loss)
+    assert calls == [1]
+    w2, opt2, loss2 = _one_param_step()
+    opt2.step(loss=loss2)
+    assert torch.equal(w.detach(), w2.detach())
 
 
 def test_sparse_gradient_raises():

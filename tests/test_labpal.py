@@ -382,7 +382,7 @@ def test_bad_hyperparameters_raise_errors_naming_the_argument(kwargs, message):
 
 
 def test_param_group_overrides_are_rejected():
-    with pytest.raises(ValueError, match="one step for all parameters"):
+    with pytest.raises(ValueError, match="alpha cannot be set per group"):
         LABPAL([{"params": [nn.Parameter(START.clone())], "alpha": 2.0}])
 
 

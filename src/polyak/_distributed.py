@@ -1,128 +1,207 @@
 """Every torch.distributed call of the package.
 
-Under DDP the gradients are already averaged over the ranks, but a loss is
-rank-local: a step computed from it differs between ranks and the replicas drift
-apart. Under FSDP2 the gradients are DTensors sharded over the ranks: a norm or an
-inner product of the local shards is only a partial sum. These helpers make both
-global, so that every rank computes the same step:
+Rules the optimizers follow (see the README's "Training stacks"):
 
-- :func:`active_group`: the group to reduce over, or None (not initialised, one
-  rank, or ``loss_is_global=True``: the user already reduced the loss);
-- :func:`all_reduce_mean`: a loss (or a few packed loss values) averaged over ranks;
-- :func:`all_reduce_sum_`: one collective on a packed 1-D tensor of scalars;
-- :func:`local_shards`, :func:`sharded_partial`, :func:`global_sq_norm`,
-  :func:`global_dot`: compute on the local shards, then sum the partial results
-  over the SHARDED mesh dimensions only (a replicated dimension, as in HSDP's
-  outer one, holds copies that must not be added up).
+- Replicated gradients (DDP, or no wrapper at all) are complete on every rank and are
+  never reduced again; what a step reads from the loss is rank-local and is made the
+  mean over the ranks, weighted by the per-rank sample counts where they are known.
+- Sharded gradients (FSDP2 ``fully_shard``, any DTensor with ``Shard`` placements):
+  a squared norm or an inner product is a sum over the shards. Each rank computes
+  the sum over its local shard divided by the number of ranks that hold the same
+  shard (the product of the mesh sizes of the ``Replicate`` dimensions, HSDP's
+  replica groups); summed over every rank of the group, that is the sum over the
+  sharded mesh dimension only. So one all-reduce on the optimizer's process group
+  makes it global, packed with the loss scalars.
+- A step packs everything it needs into ONE tensor and reduces it with ONE
+  collective; every rank enters it, also the rank whose loss is NaN (the skip is
+  decided on the reduced values, so every rank decides the same).
 
-Nothing here communicates when torch.distributed is not initialised.
+Nothing here runs when torch.distributed is not initialised or the group has one rank.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import zlib
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from . import functional as F
+__all__ = [
+    "active_group", "group_size", "group_rank", "all_reduce_sum_", "all_reduce_mean", "all_gather_rows",
+    "is_sharded", "local_part", "replication_factor", "sharded_partial", "sharded_sq_norm_partial",
+    "sharded_dot_partial", "fingerprint", "check_fingerprints",
+]
 
-try:  # DTensor (FSDP2) exists in every torch this package supports, but stay importable without it
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    DTensor = ()  # type: ignore[assignment]
 
-
-def active_group(process_group=None, loss_is_global: bool = False):
-    """The process group loss values are averaged over, or None when nothing is to be reduced."""
-    if loss_is_global or not dist.is_available() or not dist.is_initialized():
+def _dist():
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return None
-    group = process_group if process_group is not None else dist.group.WORLD
+    return torch.distributed
+
+
+def active_group(process_group: Any = None, loss_is_global: bool = False) -> Any:
+    """The group whose ranks must agree on a loss-derived scalar, or None when nothing
+    needs reducing: torch.distributed not initialised, a group of one rank, or
+    ``loss_is_global=True`` (the user reduced the loss already). Returns
+    ``torch.distributed.group.WORLD`` for the default group."""
+    dist = _dist()
+    if dist is None or loss_is_global:
+        return None
+    group = dist.group.WORLD if process_group is None else process_group
     return group if dist.get_world_size(group) > 1 else None
 
 
-def all_reduce_sum_(packed: Tensor, group) -> Tensor:
-    """Sum ``packed`` (a 1-D tensor of scalars) over the ranks of ``group``, in place: one collective."""
+def group_size(group: Any) -> int:
+    return 1 if group is None else torch.distributed.get_world_size(group)
+
+
+def group_rank(group: Any) -> int:
+    return 0 if group is None else torch.distributed.get_rank(group)
+
+
+def all_reduce_sum_(packed: Tensor, group: Any) -> Tensor:
+    """ONE all-reduce (sum) of a 1-D tensor of packed scalars, in place; returns it."""
     if group is not None:
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.SUM, group=group)
     return packed
 
 
-def all_reduce_mean(value: Tensor, group) -> Tensor:
-    """The mean over the ranks of ``group`` of a loss value (any shape: pack several
-    values to reduce them in one collective). Returns a new tensor in the dtype of
-    ``value``, accumulated in at least float32 (gloo and NCCL sum half precision
-    poorly)."""
+def all_reduce_mean(value: Tensor, group: Any) -> Tensor:
+    """A 0-dim (probe) loss averaged over the ranks of ``group`` (returned as is for None).
+    A NaN on one rank makes the mean NaN on every rank, so every rank rejects the probe."""
     if group is None:
         return value
-    work = value.detach().to(torch.promote_types(value.dtype, torch.float32)).clone()
-    dist.all_reduce(work, op=dist.ReduceOp.SUM, group=group)
-    return (work / dist.get_world_size(group)).to(value.dtype)
+    out = value.detach().to(torch.float64 if value.device.type != "mps" else torch.float32).reshape(1).clone()
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=group)
+    return (out[0] / group_size(group)).to(value.dtype)
 
 
-# ------------------------------------------------------------------ sharded tensors
-def local_shards(tensors: Sequence[Tensor]) -> List[Tensor]:
-    """The local shard of every DTensor (it shares the DTensor's storage, so an
-    in-place update of it updates the DTensor), other tensors unchanged."""
-    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+def all_gather_rows(rows: Tensor, counts: Sequence[int], group: Any) -> Tensor:
+    """Concatenate, in rank order, the ``(k, n_r)`` tensors of every rank of ``group``;
+    ``counts[r]`` is rank r's n_r (every rank knows them all, e.g. from the packed
+    all-reduce). Pads to the largest count, so ranks may differ in size."""
+    if group is None:
+        return rows
+    width = max(counts)
+    padded = rows.new_zeros((rows.shape[0], width))
+    padded[:, : rows.shape[1]] = rows
+    gathered = [torch.empty_like(padded) for _ in counts]
+    torch.distributed.all_gather(gathered, padded, group=group)
+    return torch.cat([g[:, :n] for g, n in zip(gathered, counts)], dim=1)
 
 
-def _shard_groups(t: Tensor) -> Tuple:
-    """The process groups over which a partial sum of ``t``'s local shard must be summed."""
-    if not isinstance(t, DTensor):
-        return ()
+# ---------------------------------------------------------------- sharded tensors
+def is_sharded(t: Tensor) -> bool:
+    """True for a DTensor with at least one Shard placement (FSDP2's parameters and grads)."""
+    placements = getattr(t, "placements", None)
+    return placements is not None and any(p.is_shard() for p in placements)
+
+
+def local_part(t: Tensor) -> Tensor:
+    """The rank-local data of a DTensor (its shard), the tensor itself otherwise."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and hasattr(t, "placements") else t
+
+
+def replication_factor(t: Tensor, group: Any) -> int:
+    """How many ranks of ``group`` hold the same shard of the DTensor ``t``: the product
+    of its mesh sizes over ``Replicate`` dimensions. Refuses partial placements (a
+    gradient that still waits for its reduction) and a mesh that is not the group."""
     mesh = t.device_mesh
-    return tuple(mesh.get_group(dim) for dim, placement in enumerate(t.placements) if placement.is_shard())
+    factor = 1
+    for dim, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise ValueError(
+                "a DTensor gradient with a Partial placement reached the optimizer: its reduction has not "
+                "happened yet; call the optimizer after backward has finished (FSDP2 reduce-scatters on backward)"
+            )
+        if placement.is_replicate():
+            factor *= mesh.size(dim)
+    if mesh.size() != group_size(group):
+        raise ValueError(
+            f"the DTensor mesh has {mesh.size()} ranks but the optimizer's process group has {group_size(group)}; "
+            "pass process_group= the group that spans the whole mesh"
+        )
+    return factor
 
 
-def sharded_partial(partial: Tensor, groups: Tuple) -> Tensor:
-    """A sum computed on local shards, summed over each sharded mesh dimension."""
-    for group in groups:
-        partial = partial.clone()
-        dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
-    return partial
-
-
-def _by_sharding(originals: Sequence[Tensor]) -> List[Tuple[Tuple, List[int]]]:
-    """Indices of the tensors grouped by the mesh dimensions their partials are summed over."""
-    buckets: List[Tuple[Tuple, List[int]]] = []
-    for i, t in enumerate(originals):
-        key = _shard_groups(t)
-        for existing, indices in buckets:
-            if existing == key:
-                indices.append(i)
-                break
-        else:
-            buckets.append((key, [i]))
-    return buckets
-
-
-def global_sq_norm(tensors: Sequence[Tensor], originals: Optional[Sequence[Tensor]] = None, foreach: bool = True) -> Tensor:
-    """:func:`polyak.functional.global_sq_norm` of ``tensors`` (local shards, real
-    views) made global: the partial of the shards of each DTensor in ``originals``
-    (the tensors ``tensors`` were taken from; default ``tensors`` itself) is summed
-    over its sharded mesh dimensions, plain tensors count once."""
-    buckets = _by_sharding(tensors if originals is None else originals)
-    if len(buckets) == 1 and not buckets[0][0]:
-        return F.global_sq_norm(tensors, foreach=foreach)
-    parts = [sharded_partial(F.global_sq_norm([tensors[i] for i in idx], foreach=foreach), key) for key, idx in buckets]
-    return _add(parts)
-
-
-def global_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], originals: Optional[Sequence[Tensor]] = None, foreach: bool = True) -> Tensor:
-    """:func:`polyak.functional.global_dot` made global like :func:`global_sq_norm`."""
-    buckets = _by_sharding(xs if originals is None else originals)
-    if len(buckets) == 1 and not buckets[0][0]:
-        return F.global_dot(xs, ys, foreach=foreach)
-    parts = [
-        sharded_partial(F.global_dot([xs[i] for i in idx], [ys[i] for i in idx], foreach=foreach), key)
-        for key, idx in buckets
-    ]
-    return _add(parts)
-
-
-def _add(parts: List[Tensor]) -> Tensor:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part.to(total.device, torch.promote_types(total.dtype, part.dtype))
+def sharded_partial(partials: List[Tensor], tensors: Sequence[Tensor], group: Any) -> Optional[Tensor]:
+    """Sum of per-tensor partial values of the sharded tensors among ``tensors``, each
+    divided by its replication factor: summed over every rank of ``group`` (one
+    all-reduce) it is the global value. None when no tensor is sharded."""
+    total = None
+    for value, t in zip(partials, tensors):
+        if not is_sharded(t):
+            continue
+        value = value / replication_factor(t, group)
+        total = value if total is None else total + value.to(total.device)
     return total
+
+
+def _split(tensors: Sequence[Tensor]) -> Tuple[List[int], List[int]]:
+    sharded = [i for i, t in enumerate(tensors) if is_sharded(t)]
+    plain = [i for i, t in enumerate(tensors) if not is_sharded(t)]
+    return plain, sharded
+
+
+def sharded_sq_norm_partial(tensors: Sequence[Tensor], group: Any, foreach: bool = True) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """``(plain, sharded)``: the sum of squares over the plain (replicated) tensors, complete
+    on every rank, and this rank's share of the sum of squares over the sharded ones
+    (None where there are none). Global ||x||^2 = plain + all-reduce-sum(sharded)."""
+    from .functional import global_sq_norm
+
+    plain_ids, sharded_ids = _split(tensors)
+    plain = global_sq_norm([tensors[i] for i in plain_ids], foreach=foreach) if plain_ids else None
+    sharded = None
+    if sharded_ids:
+        if group is None:
+            raise ValueError(
+                "sharded (DTensor) tensors reached the optimizer but torch.distributed is not initialised "
+                "with more than one rank in its process group"
+            )
+        # ranks holding the same shard are grouped so that one division per factor suffices
+        by_factor = {}
+        for i in sharded_ids:
+            by_factor.setdefault(replication_factor(tensors[i], group), []).append(local_part(tensors[i]))
+        for factor, locals_ in by_factor.items():
+            part = global_sq_norm(locals_, foreach=foreach) / factor
+            sharded = part if sharded is None else sharded + part
+    return plain, sharded
+
+
+def sharded_dot_partial(xs: Sequence[Tensor], ys: Sequence[Tensor], group: Any, foreach: bool = True) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Like :func:`sharded_sq_norm_partial` for sum_i <x_i, y_i> (x_i and y_i alike
+    sharded or alike plain, as a gradient and its parameter are)."""
+    from .functional import global_dot
+
+    plain_ids, sharded_ids = _split(xs)
+    plain = global_dot([xs[i] for i in plain_ids], [ys[i] for i in plain_ids], foreach=foreach) if plain_ids else None
+    sharded = None
+    for i in sharded_ids:
+        part = global_dot([local_part(xs[i])], [local_part(ys[i])], foreach=foreach) / replication_factor(xs[i], group)
+        sharded = part if sharded is None else sharded + part
+    return plain, sharded
+
+
+# ---------------------------------------------------------------- hyperparameters
+#: fingerprints are small integers so that their sums and squares are exact in float64
+_FINGERPRINT_BITS = 20
+
+
+def fingerprint(settings: Any) -> float:
+    """A number in [1, 2^20] that differs, with probability 1 - 1e-6, between two
+    different ``repr(settings)``; packed in the first collective of a run."""
+    return float((zlib.crc32(repr(settings).encode()) & ((1 << _FINGERPRINT_BITS) - 1)) + 1)
+
+
+def check_fingerprints(total: float, total_sq: float, world: int, owner: str) -> None:
+    """Raise on EVERY rank when the ranks' fingerprints differ (their variance is not 0).
+    ``total`` and ``total_sq`` are the all-reduced sums of the fingerprint and its square;
+    0 means that no rank packed one."""
+    if total == 0.0:
+        return
+    if world * total_sq != total * total:
+        raise ValueError(
+            f"{owner}: the ranks were built with different hyperparameters (their param groups differ); "
+            "build the optimizer with the same arguments on every rank"
+        )

@@ -11,12 +11,13 @@ both back bit-identically and lets the exception through.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from . import _distributed as dist
+from . import _distributed as D
+from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase
 from ._closure import ClosureError, ProbeClosure
 from .functional import copy_all_, real_views
@@ -95,7 +96,7 @@ class Rollback:
 def compute_views(tensors: List[Tensor]) -> List[Tensor]:
     """What a step computes with: the local shard of a DTensor, the real view of a
     complex tensor. Both share storage with the tensor, so updates land in it."""
-    return real_views(dist.local_shards(tensors))
+    return real_views([D.local_part(t) for t in tensors])
 
 
 def global_loss(optimizer: PolyakBase, loss: Tensor) -> Tensor:
@@ -103,8 +104,64 @@ def global_loss(optimizer: PolyakBase, loss: Tensor) -> Tensor:
     optimizer's process group (unchanged in a single process or with
     ``loss_is_global=True``), so that every rank takes the same decisions and
     calls its closure the same number of times."""
-    group = dist.active_group(optimizer.process_group, optimizer.loss_is_global)
-    return loss if group is None else dist.all_reduce_mean(loss, group)
+    group = D.active_group(optimizer.process_group, optimizer._setting("loss_is_global"))
+    return loss if group is None else D.all_reduce_mean(loss, group)
+
+
+def _global_sum(optimizer: PolyakBase, partial, originals: Sequence[Tensor]) -> Tensor:
+    """``partial(indices)`` (a sum over the views of those tensors) over all tensors,
+    made global: the shares of sharded (DTensor) tensors are summed over the ranks
+    in one all-reduce, plain tensors count once (see :mod:`polyak._distributed`)."""
+    sharded = [i for i, t in enumerate(originals) if D.is_sharded(t)]
+    if not sharded:
+        return partial(range(len(originals)))
+    group = D.active_group(optimizer.process_group, False)
+    shares = [partial([i]) for i in sharded]
+    share = D.sharded_partial(shares, [originals[i] for i in sharded], group)
+    total = D.all_reduce_sum_(share.reshape(1).to(torch.float64).clone(), group)[0]
+    plain = [i for i, t in enumerate(originals) if not D.is_sharded(t)]
+    return total if not plain else total + partial(plain).to(total.device, torch.float64)
+
+
+def global_sq_norm(optimizer: PolyakBase, views: Sequence[Tensor], originals: Sequence[Tensor]) -> Tensor:
+    """||x||^2 over ``views`` (from :func:`compute_views` of ``originals``), global over shards."""
+    return _global_sum(optimizer, lambda idx: F.global_sq_norm([views[i] for i in idx], foreach=optimizer.foreach), originals)
+
+
+def global_dot(optimizer: PolyakBase, xs: Sequence[Tensor], ys: Sequence[Tensor], originals: Sequence[Tensor]) -> Tensor:
+    """sum_i <x_i, y_i> over views of ``originals``, global over shards."""
+    return _global_sum(
+        optimizer, lambda idx: F.global_dot([xs[i] for i in idx], [ys[i] for i in idx], foreach=optimizer.foreach), originals,
+    )
+
+
+def group_lrs(optimizer: PolyakBase) -> List[Any]:
+    """The ``lr`` of the group of each parameter that has a gradient, in the order of
+    ``_params_with_grad`` flattened."""
+    return [group["lr"] for group, ps in zip(optimizer.param_groups, optimizer._params_with_grad()) for _ in ps]
+
+
+def step_along_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor], step, lrs: List[Any]) -> None:
+    """p <- p - lr * step * d, with each parameter's group ``lr`` (the multiplier on
+    the final step); one multi-tensor update when every lr is 1."""
+    if all(isinstance(lr, (int, float)) and lr == 1.0 for lr in lrs):
+        F.sgd_step_(params, directions, F.as_scalar(step), foreach=optimizer.foreach)
+        return
+    for lr in {id(lr): lr for lr in lrs}.values():
+        chosen = [i for i, other in enumerate(lrs) if other is lr]
+        F.sgd_step_([params[i] for i in chosen], [directions[i] for i in chosen], F.as_scalar(step * lr),
+                    foreach=optimizer.foreach)
+
+
+def refuse_weight_decay(owner: str, weight_decay: Any) -> None:
+    """The line searches and L4 take no weight decay: a decay outside the search would
+    move the parameters off the point whose loss the search measured, and one inside
+    the loss is the user's to add (``loss + 0.5 * wd * ||w||^2`` in the closure)."""
+    if weight_decay != 0:
+        raise ValueError(
+            f"{owner} cannot honour weight_decay={weight_decay!r}: its step is chosen from measured losses, "
+            "so add the decay to the loss you return (loss + 0.5 * weight_decay * sum of squared weights) instead"
+        )
 
 
 def begin_line_search(optimizer: PolyakBase, closure, loss, evaluates: str):
@@ -134,24 +191,7 @@ def begin_line_search(optimizer: PolyakBase, closure, loss, evaluates: str):
         return probe, loss_0, [], [], None
     params = compute_views(with_grad)
     grads = compute_views([p.grad for p in with_grad])
-    grad_sq_norm = dist.global_sq_norm(grads, with_grad, foreach=optimizer.foreach)
+    grad_sq_norm = global_sq_norm(optimizer, grads, with_grad)
     if optimizer._guard(loss_0, grad_sq_norm, None):
         return probe, loss_0, [], [], grad_sq_norm
     return probe, loss_0, params, grads, grad_sq_norm
-
-
-def reject_per_group_hyperparameters(optimizer: PolyakBase, names) -> None:
-    """A single global line search has one value of each hyperparameter; a group that
-    sets one would silently be ignored, so it is an error."""
-    for index, group in enumerate(optimizer.param_groups):
-        overridden = sorted(set(group) & set(names))
-        if overridden:
-            raise ValueError(
-                f"{type(optimizer).__name__} runs ONE line search over all param groups, so {', '.join(overridden)} "
-                f"cannot be set per group (param group {index}); pass it to the constructor instead"
-            )
-
-
-def check_distributed_arguments(owner: str, loss_is_global) -> None:
-    if not isinstance(loss_is_global, bool):
-        raise TypeError(f"{owner}: loss_is_global must be True or False, got {loss_is_global!r}")

@@ -50,10 +50,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from . import _distributed as dist
 from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_in_range, check_positive
-from ._line_search import check_distributed_arguments, compute_views, global_loss
+from ._line_search import compute_views, global_dot, global_loss, global_sq_norm, refuse_weight_decay
 from ._registry import OptimizerSpec, register
 
 L4_BASES = ("adam", "momentum")
@@ -116,6 +115,8 @@ class L4(PolyakBase):
         betas: EMA decays of the gradient (also g_hat's) and, for Adam, of its square.
         adam_eps: added to sqrt(s_hat) in Adam's direction (1e-4 as in the authors' code).
         eps: added to v . g_hat (1e-12).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on the step, per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`. A NaN/inf loss or
             gradient skips the step and leaves parameters and every buffer bit-identical.
         process_group, loss_is_global: under torch.distributed the loss is averaged
@@ -133,6 +134,9 @@ class L4(PolyakBase):
         opt.step(loss=loss)
     """
 
+    group_keys = frozenset({"fraction", "betas", "adam_eps"})
+    mode_keys = frozenset({"base"})  # Adam's second moment exists only for base="adam"
+
     def __init__(
         self,
         params,
@@ -144,31 +148,37 @@ class L4(PolyakBase):
         betas: Tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-4,
         eps: float = 1e-12,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
         process_group=None,
         loss_is_global: bool = False,
     ):
         check_choice("base", base, L4_BASES)
-        check_distributed_arguments("L4", loss_is_global)
+        refuse_weight_decay("L4", weight_decay)
         check_in_range("gamma", gamma, 0.0, 1.0)
         check_in_range("init_factor", init_factor, 0.0, 1.0, high_inclusive=True)
         check_positive("min_loss_forget_time", min_loss_forget_time, fix="The authors use 1000 (steps).")
         check_positive("eps", eps, fix="It keeps the step finite when v . g_hat vanishes (1e-12).")
         defaults = dict(fraction=fraction, betas=betas, adam_eps=adam_eps)
         _check_group(defaults)
-        super().__init__(params, defaults, nonfinite=nonfinite, foreach=foreach)
-        for group in self.param_groups:
-            _check_group(group, " (param group)")
         # Loss-level constants: one loss, one L_min for all groups.
-        self.base = base
-        self.gamma = float(gamma)
-        self.init_factor = float(init_factor)
-        self.min_loss_forget_time = float(min_loss_forget_time)
-        self.eps = float(eps)
-        self.process_group = process_group
-        self.loss_is_global = loss_is_global
+        defaults.update(base=base, gamma=float(gamma), init_factor=float(init_factor),
+                        min_loss_forget_time=float(min_loss_forget_time), eps=float(eps))
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        _check_group(group, " (param group)")
+
+    base = property(lambda self: self._setting("base"))
+    gamma = property(lambda self: self._setting("gamma"))
+    init_factor = property(lambda self: self._setting("init_factor"))
+    min_loss_forget_time = property(lambda self: self._setting("min_loss_forget_time"))
+    eps = property(lambda self: self._setting("eps"))
 
     def _moment_buffers(self, p: Tensor) -> Tuple[Tensor, ...]:
         """The moments, shaped like the parameter in the state, as the views the step computes with."""
@@ -184,7 +194,7 @@ class L4(PolyakBase):
         """True means: skip this step (non-finite input). Raises on a negative loss."""
         if self.nonfinite == "unchecked":
             return False
-        grad_sq_norm = dist.global_sq_norm(compute_views(grads), grads, foreach=self.foreach)
+        grad_sq_norm = global_sq_norm(self, compute_views(grads), grads)
         try:
             return self._guard(loss, grad_sq_norm, 0.0)
         except ValueError:
@@ -227,11 +237,11 @@ class L4(PolyakBase):
             grad_estimates.extend(g_hat)
         flat_directions = [d for ds in directions for d in ds]
         originals = [p for ps in groups for p in ps]
-        inner_product = dist.global_dot(flat_directions, grad_estimates, originals, foreach=self.foreach).to(loss.device, work_dtype)
+        inner_product = global_dot(self, flat_directions, grad_estimates, originals).to(loss.device, work_dtype)
 
         for group, params, v in zip(self.param_groups, groups, directions):
-            eta = l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
-            self._set_step_stats(group, eta, eta, torch.zeros((), dtype=torch.bool, device=eta.device))
+            eta = group["lr"] * l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
+            self._record_step(group, eta, eta, torch.zeros((), dtype=torch.bool, device=eta.device))
             if params:
                 F.sgd_step_(compute_views(params), v, F.as_scalar(eta), foreach=self.foreach)
         state["min_loss"] = min_loss * (1.0 + 1.0 / self.min_loss_forget_time)

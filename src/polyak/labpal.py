@@ -108,11 +108,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _distributed as dist
 from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._closure import ProbeClosure
-from ._line_search import Rollback, StartPoint, check_distributed_arguments, compute_views, global_loss
+from ._line_search import (
+    Rollback, StartPoint, compute_views, global_dot, global_loss, global_sq_norm, group_lrs, refuse_weight_decay,
+    step_along_,
+)
 from ._registry import OptimizerSpec, register
 from .parabola import parabola_exact, parabola_reference
 
@@ -222,6 +224,9 @@ class LABPAL(PolyakBase):
         batch_schedule: ((fraction of total_steps, inferences per update), ...) starting at fraction 0.
         untrusted_updates: updates after which measurements are averaged (paper: 400).
         average_over: trusted measurements averaged (paper: 25).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on every update (after the clip), per group, for LR schedulers;
+            the measurement itself is unaffected.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
         process_group, loss_is_global: under torch.distributed every measured loss
             is averaged over the ranks of ``process_group`` (default: all);
@@ -236,6 +241,8 @@ class LABPAL(PolyakBase):
             # LABPAL re-evaluates a measurement's first closures a few calls later
             loss = opt.step(lambda x=x, y=y: criterion(model(x), y))
     """
+
+    mode_keys = frozenset({"mode"})
 
     def __init__(
         self,
@@ -254,7 +261,9 @@ class LABPAL(PolyakBase):
         batch_schedule: Sequence[Tuple[float, int]] = DEFAULT_BATCH_SCHEDULE,
         untrusted_updates: int = 400,
         average_over: int = 25,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
         process_group=None,
@@ -275,45 +284,39 @@ class LABPAL(PolyakBase):
         batch_schedule = self._checked_schedule(batch_schedule)
         check_int("untrusted_updates", untrusted_updates, 0)
         check_int("average_over", average_over, 1)
-        check_distributed_arguments("LABPAL", loss_is_global)
-        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        self.mode = mode
-        self.approx_batches = approx_batches
-        self.reuse_steps = reuse_steps
-        self.alpha = float(alpha)
-        self.max_step = float(max_step)
-        self.momentum = float(momentum)
-        self.measure_points = measure_points
-        self.fit = fit
-        self.total_steps = total_steps
-        self.noise_factor = (128.0 / batch_size) * (dataset_size / 40000.0)
-        self.batch_schedule = batch_schedule
-        self.untrusted_updates = untrusted_updates
-        self.average_over = average_over
-        self.process_group = process_group
-        self.loss_is_global = loss_is_global
+        refuse_weight_decay("LABPAL", weight_decay)
+        defaults = dict(
+            mode=mode, approx_batches=approx_batches, reuse_steps=reuse_steps, alpha=float(alpha),
+            max_step=float(max_step), momentum=float(momentum), measure_points=measure_points, fit=fit,
+            total_steps=total_steps, noise_factor=(128.0 / batch_size) * (dataset_size / 40000.0),
+            batch_schedule=batch_schedule, untrusted_updates=untrusted_updates, average_over=average_over,
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
         self.global_state[_STATE] = LabpalState(inferences=batch_inferences_at(0, total_steps, batch_schedule, self.noise_factor))
         self._start_point = StartPoint(foreach)
         # The closures of the first k - 1 batches of the measurement in progress
         # (re-evaluated once the k-th gives the direction); never checkpointed.
         self._direction_probes: List[ProbeClosure] = []
 
-    # ------------------------------------------------------------- checking
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            self._check_group(self.param_groups[-1])
-        except (ValueError, TypeError):
-            self.param_groups.pop()
-            raise
+    # ONE step for all groups: every setting is optimizer-wide (restored by load_state_dict)
+    mode = property(lambda self: self._setting("mode"))
+    approx_batches = property(lambda self: self._setting("approx_batches"))
+    reuse_steps = property(lambda self: self._setting("reuse_steps"))
+    alpha = property(lambda self: self._setting("alpha"))
+    max_step = property(lambda self: self._setting("max_step"))
+    momentum = property(lambda self: self._setting("momentum"))
+    measure_points = property(lambda self: self._setting("measure_points"))
+    fit = property(lambda self: self._setting("fit"))
+    total_steps = property(lambda self: self._setting("total_steps"))
+    noise_factor = property(lambda self: self._setting("noise_factor"))
+    batch_schedule = property(lambda self: self._setting("batch_schedule"))
+    untrusted_updates = property(lambda self: self._setting("untrusted_updates"))
+    average_over = property(lambda self: self._setting("average_over"))
 
+    # ------------------------------------------------------------- checking
     def _check_group(self, group: Dict[str, Any]) -> None:
-        extra = set(group) - {"params", "step_size", "param_names"}
-        if extra:
-            raise ValueError(
-                f"LABPAL takes one step for all parameters; param groups cannot set {sorted(extra)}. "
-                "Pass the hyperparameters to LABPAL(...) instead"
-            )
+        super()._check_group(group)
         coarse = sorted({str(p.dtype) for p in group["params"] if p.dtype in _TOO_COARSE})
         if coarse:
             raise ValueError(
@@ -355,6 +358,10 @@ class LABPAL(PolyakBase):
         return entries
 
     # ------------------------------------------------------------- observing
+    @property
+    def _group_of(self) -> Dict[int, Dict[str, Any]]:
+        return {id(p): group for group in self.param_groups for p in group["params"]}
+
     @property
     def _s(self) -> LabpalState:
         return self.global_state[_STATE]
@@ -425,11 +432,11 @@ class LABPAL(PolyakBase):
             return loss
         directions = self._update_direction(originals, self._gradient_means(originals, grads), commit=True)
         if self.mode == "nsgd":
-            norm = dist.global_sq_norm(directions, originals, foreach=self.foreach).sqrt()
+            norm = global_sq_norm(self, directions, originals).sqrt()
             step = torch.where(norm > 0, st.update_step / norm, torch.zeros_like(norm))
         else:
             step = torch.tensor(st.learning_rate, dtype=torch.float64)
-        F.sgd_step_(params, directions, F.as_scalar(step), foreach=self.foreach)
+        step_along_(self, params, directions, step, group_lrs(self))
         self._record_update(step)
         return loss
 
@@ -484,7 +491,7 @@ class LABPAL(PolyakBase):
     def _record_update(self, step) -> None:
         self.global_state["step"] += 1
         for group in self.param_groups:
-            group["step_size"] = step
+            self._record_step(group, group["lr"] * step, group["lr"] * step, False)
 
     # ----------------------------------------------------------- measurement
     def _measure_call(self, probe: ProbeClosure, rollback: Rollback) -> Tensor:
@@ -551,11 +558,11 @@ class LABPAL(PolyakBase):
         means = self._gradient_means(originals, grads)
         # owned tensors: the direction outlives this call's p.grad, which the training loop owns
         directions = [d.clone() if d is g else d for d, g in zip(self._update_direction(originals, means, commit=False), grads)]
-        norm = dist.global_sq_norm(directions, originals, foreach=self.foreach).sqrt()
+        norm = global_sq_norm(self, directions, originals).sqrt()
         if self.momentum > 0:
             # the slope along -d/||d|| is -(g . d)/||d|| with g the mean gradient;
             # without momentum d = g and it is -||d||
-            slope = -dist.global_dot(means, directions, originals, foreach=self.foreach) / norm
+            slope = -global_dot(self, means, directions, originals) / norm
         else:
             slope = -norm
         norm_value, slope_value = float(norm), float(slope)
@@ -591,8 +598,10 @@ class LABPAL(PolyakBase):
         # The last measurement call moves by s from the base point: an update.
         # Without any value yet, the parameters stay bit-exactly at the base point.
         moved = st.measured
-        if moved:
-            self._set_point(views, base, directions, st.update_step / norm)
+        if moved:  # lr multiplies the update, not the measurement
+            F.copy_all_(views, base, self.foreach)
+            lrs = [self._group_of[id(p)]["lr"] for p in params]
+            step_along_(self, views, directions, st.update_step / norm, lrs)
         for p in params:
             d = self.state[p].pop("direction")
             if moved and self.momentum > 0:
@@ -657,7 +666,7 @@ class LABPAL(PolyakBase):
         originals = self._params_with_grads_flat() if with_grad else []
         if originals:
             grads = compute_views([p.grad for p in originals])
-            grad_sq_norm = dist.global_sq_norm(grads, originals, foreach=self.foreach)
+            grad_sq_norm = global_sq_norm(self, grads, originals)
         else:
             grad_sq_norm = torch.zeros((), device=loss.device)
         return loss, self._guard(loss, grad_sq_norm, None)
@@ -672,12 +681,14 @@ class LABPAL(PolyakBase):
         return dict(state_dict, state=state)
 
     def load_state_dict(self, state_dict) -> None:
-        saved = state_dict["state"].get(GLOBAL_STATE, {}).get(_STATE)
-        if not isinstance(saved, dict):
-            raise ValueError("LABPAL.load_state_dict: the state has no LABPAL entry (global_state['labpal']); "
-                             "it was saved by another optimizer")
-        machine = LabpalState.from_dict(saved)
-        super().load_state_dict(state_dict)
+        saved_global = state_dict.get("state", {}).get(GLOBAL_STATE)
+        if isinstance(saved_global, dict) and saved_global.get("optimizer", "LABPAL") == "LABPAL":
+            saved = saved_global.get(_STATE)
+            if not isinstance(saved, dict):
+                raise ValueError("LABPAL.load_state_dict: the state has no LABPAL entry (global_state['labpal']); "
+                                 "load a state saved by LABPAL.state_dict()")
+            machine = LabpalState.from_dict(saved)  # checked before anything changes
+        super().load_state_dict(state_dict)  # refuses another optimizer's state
         self.state[GLOBAL_STATE] = dict(self.state[GLOBAL_STATE], **{_STATE: machine})
         self._direction_probes = []
         m = machine.measurement

@@ -55,11 +55,11 @@ from typing import List
 import torch
 from torch import Tensor
 
-from . import _distributed as dist
 from . import functional as F
 from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, check_distributed_arguments, global_loss, reject_per_group_hyperparameters,
+    Rollback, StartPoint, begin_line_search, global_dot, global_loss, global_sq_norm, group_lrs, refuse_weight_decay,
+    step_along_,
 )
 from ._registry import OptimizerSpec, register
 from .parabola import parabolic_update_step
@@ -82,6 +82,8 @@ class PAL(PolyakBase):
         max_step: s_max, the largest distance moved along the unit direction, applied
             after ``update_factor`` (paper: 3.16); None disables it.
         momentum: beta, direction adaptation d <- beta*d + g (paper: 0.4; 0 uses d = g).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on the final step (after the clip), per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; a non-finite loss,
             gradient, slope or curvature is such a case.
         process_group, loss_is_global: under torch.distributed both probe losses are
@@ -102,8 +104,6 @@ class PAL(PolyakBase):
         opt.step(closure)
     """
 
-    _OPTIMIZER_WIDE = ("measuring_step", "update_factor", "max_step", "momentum")
-
     def __init__(
         self,
         params,
@@ -111,7 +111,9 @@ class PAL(PolyakBase):
         update_factor: float = 1 / 0.6,
         max_step: float = 3.16,
         momentum: float = 0.4,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
         process_group=None,
@@ -121,16 +123,20 @@ class PAL(PolyakBase):
         check_positive("update_factor", update_factor, fix="It multiplies the parabola's minimum (paper: 1/0.6).")
         check_positive("max_step", max_step, allow_none=True, fix="It caps the distance moved per step (paper: 3.16).")
         check_in_range("momentum", momentum, 0.0, 1.0)
-        check_distributed_arguments("PAL", loss_is_global)
-        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
-        self.measuring_step = float(measuring_step)
-        self.update_factor = float(update_factor)
-        self.max_step = None if max_step is None else float(max_step)
-        self.momentum = float(momentum)
-        self.process_group = process_group
-        self.loss_is_global = loss_is_global
+        refuse_weight_decay("PAL", weight_decay)
+        defaults = dict(
+            measuring_step=float(measuring_step), update_factor=float(update_factor),
+            max_step=None if max_step is None else float(max_step), momentum=float(momentum),
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
         self._start_point = StartPoint(foreach)
+
+    # ONE line search over all groups: every search constant is optimizer-wide
+    measuring_step = property(lambda self: self._setting("measuring_step"))
+    update_factor = property(lambda self: self._setting("update_factor"))
+    max_step = property(lambda self: self._setting("max_step"))
+    momentum = property(lambda self: self._setting("momentum"))
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
@@ -147,8 +153,8 @@ class PAL(PolyakBase):
 
         if self.momentum > 0:
             directions = self._adapted_directions(originals, grads)
-            direction_sq_norm = dist.global_sq_norm(directions, originals, foreach=self.foreach)
-            grad_dot_direction = dist.global_dot(grads, directions, originals, foreach=self.foreach)
+            direction_sq_norm = global_sq_norm(self, directions, originals)
+            grad_dot_direction = global_dot(self, grads, directions, originals)
         else:
             directions = grads
             direction_sq_norm = grad_sq_norm
@@ -180,15 +186,15 @@ class PAL(PolyakBase):
         learning_rate = update_step / direction_norm
         # From the saved start point: one rounding per entry (see the module docstring).
         F.copy_all_(params, start_points, self.foreach)
-        F.sgd_step_(params, directions, F.as_scalar(learning_rate), foreach=self.foreach)
+        step_along_(self, params, directions, learning_rate, group_lrs(self))
 
         if self.momentum > 0:
             for p, d in zip(originals, directions):
                 self.state[p]["direction"] = d
         clipped = unclipped > self.max_step if self.max_step is not None else torch.zeros_like(unclipped, dtype=torch.bool)
         for group in self.param_groups:
-            self._set_step_stats(group, learning_rate, unclipped / direction_norm, clipped)
-            group["update_step"] = update_step
+            self._record_step(group, group["lr"] * learning_rate, group["lr"] * unclipped / direction_norm, clipped)
+            group["update_step"] = group["lr"] * update_step
         self.global_state["parabola"] = {
             "loss": loss_0, "loss_at_measuring_step": loss_mu, "slope": slope,
             "curvature": curvature, "direction_norm": direction_norm,
