@@ -8,7 +8,7 @@ import torch
 import polyak
 from polyak import ALIG, NonFiniteError
 
-from helpers import through_torch_save  # tests/helpers.py
+from helpers import linear_classification_problem, through_torch_save  # tests/helpers.py
 
 
 # every tensor of these tests is float64 unless said otherwise (fixture in tests/conftest.py)
@@ -114,17 +114,7 @@ def reference_alig(params0, batches, loss_fn, max_lrs, momentum, max_norm, delta
 
 
 def make_problem(seed=0, n_batches=40):
-    gen = torch.Generator().manual_seed(seed)
-    W0 = torch.randn(5, 4, generator=gen)
-    b0 = torch.randn(5, generator=gen)
-    X = torch.randn(n_batches, 8, 4, generator=gen)
-    Y = torch.randint(0, 5, (n_batches, 8), generator=gen)
-
-    def loss_fn(params, i):
-        W, b = params
-        return torch.nn.functional.cross_entropy(X[i] @ W.T + b, Y[i])
-
-    return [W0, b0], loss_fn, list(range(n_batches))
+    return linear_classification_problem(seed, n_batches)
 
 
 def run_ours(params0, batches, loss_fn, two_groups, **kwargs):
