@@ -532,7 +532,7 @@ class LABPAL(PolyakBase):
         along = []
         for x in self.measure_points[1:]:
             self._set_point(views, base, directions, x / m.direction_norm)
-            along.append(global_loss(self, torch.stack([p.loss() for p in probes])).tolist())
+            along.append([float(global_loss(self, p.loss())) for p in probes])
         F.copy_all_(views, base, self.foreach)
         m.losses[0].append(float(loss))
         m.losses[1].extend(along[0])
