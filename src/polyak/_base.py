@@ -517,7 +517,10 @@ class PolyakBase(torch.optim.Optimizer):
         of the hyperparameters is packed on the first step only (zeros later).
         ``rank_counts``: also exchange every rank's sample count (ALIGPlus gathers its
         per-sample losses with them)."""
-        group = D.active_group(self._process_group, False)
+        loss_is_global = self._setting("loss_is_global")
+        # A global loss needs no reduction; sharded gradient norms still do.
+        needs_group = not loss_is_global or any(D.is_sharded(g) for g in grads)
+        group = D.active_group(self._process_group, False) if needs_group else None
         plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
         values = batch.values
         count = float(values.numel())
@@ -543,7 +546,7 @@ class PolyakBase(torch.optim.Optimizer):
         dtype = torch.float32 if device.type == "mps" else torch.float64
         zero = torch.zeros((), dtype=dtype, device=device)
         # loss_is_global: every rank holds the global loss already; rank 0 alone contributes it
-        contributes = not self._setting("loss_is_global") or D.group_rank(group) == 0
+        contributes = not loss_is_global or D.group_rank(group) == 0
         fp = D.fingerprint(self._fingerprint_settings()) if self._fingerprint_pending else 0.0
         self._fingerprint_pending = False
         head = torch.tensor([count if contributes else 0.0, fp, fp * fp], dtype=dtype).to(device)
