@@ -13,6 +13,41 @@ def through_torch_save(obj):
     return torch.load(buffer, weights_only=False)
 
 
+def assert_same_state(actual, expected, where="state"):
+    """Two (nested) optimizer states are equal: tensors bit-identical (same dtype and
+    shape), everything else ==."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), f"{where}: {type(actual).__name__} instead of a tensor"
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, where
+        assert torch.equal(actual, expected), f"{where}: {actual} != {expected}"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), f"{where}: keys {sorted(map(str, actual))} != {sorted(map(str, expected))}"
+        for key in expected:
+            assert_same_state(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_state(a, e, f"{where}[{i}]")
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+class RaisesOnCall:
+    """A closure that returns ``loss_fn()`` until its ``fail_at``-th call (1-based), which raises."""
+
+    class Failure(RuntimeError):
+        pass
+
+    def __init__(self, loss_fn, fail_at):
+        self.loss_fn, self.fail_at, self.calls = loss_fn, fail_at, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RaisesOnCall.Failure(f"closure call {self.calls}")
+        return self.loss_fn()
+
+
 def linear_classification_problem(seed=0, n_batches=40, n_classes=5, n_features=4, batch=8,
                                   labels="random", loss=None):
     """A linear classifier on fixed random batches: ``([W0, b0], loss_fn, batch ids)``

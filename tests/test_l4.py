@@ -278,3 +278,45 @@ def test_unchecked_mode_takes_the_same_steps_on_finite_input():
     unchecked, _ = run_ours(params0, batches, loss_fn, False, (0.15,), base="adam", nonfinite="unchecked")
     for a, b in zip(checked, unchecked):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("base", ["adam", "momentum"])
+def test_a_complex_parameter_steps_as_its_real_view(base):
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    on_complex, on_real = L4([z], base=base), L4([w], base=base)
+    for i in range(10):
+        for opt, p, loss_fn in ((on_complex, z, loss_of_complex), (on_real, w, loss_of_real)):
+            opt.zero_grad()
+            loss = loss_fn(p, i)
+            loss.backward()
+            opt.step(loss=loss)
+    assert_same_trajectory(z, w)
+    assert on_complex.state[z]["exp_avg"].dtype == z.dtype  # state shaped like the parameter, as in torch
+
+
+def test_foreach_moments_and_directions_match_a_per_tensor_loop_in_float64():
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(3, 4), (5,), (2, 2, 2), ()]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    beta1, beta2, step, adam_eps = 0.8, 0.99, 3, 1e-4
+    m0 = [torch.randn(s, generator=gen) for s in shapes]
+    s0 = [torch.rand(s, generator=gen) for s in shapes]
+    # the readable loop, written out
+    expected_m = [beta1 * m + (1 - beta1) * g for m, g in zip(m0, grads)]
+    expected_s = [beta2 * s + (1 - beta2) * g * g for s, g in zip(s0, grads)]
+    expected_g_hat = [m / (1 - beta1 ** step) for m in expected_m]
+    expected_v = [gh / (torch.sqrt(s / (1 - beta2 ** step)) + adam_eps) for gh, s in zip(expected_g_hat, expected_s)]
+    from polyak.l4 import l4_directions, l4_update_moments_
+
+    for foreach in (True, False):
+        m, s = [t.clone() for t in m0], [t.clone() for t in s0]
+        l4_update_moments_(grads, m, s, beta1, beta2, foreach=foreach)
+        v, g_hat = l4_directions(m, s, step, beta1, beta2, adam_eps, foreach=foreach)
+        for got, want in zip(m + s + g_hat + v, expected_m + expected_s + expected_g_hat + expected_v):
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+        momentum_v, momentum_g_hat = l4_directions(m, [], step, beta1, beta2, adam_eps, foreach=foreach)
+        assert momentum_v is momentum_g_hat
+        for got, want in zip(momentum_v, expected_g_hat):
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)

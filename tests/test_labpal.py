@@ -171,7 +171,7 @@ def test_first_failed_measurement_keeps_the_documented_zero_step_and_remeasures(
     assert opt.last_fit["accepted"] is False and "curvature" in opt.last_fit["reason"]
     assert opt.update_step == 0.0 and opt.learning_rate == 0.0
     assert torch.equal(w.detach(), START)  # bit-exactly back at the base point
-    assert opt.global_state["step"] == 0 and opt.global_state["labpal"]["failed_measurements"] == 1
+    assert opt.global_state["step"] == 0 and opt.global_state["labpal"].failed_measurements == 1
     opt.step(_concave(w))
     assert opt.measuring  # nothing to reuse: the next call measures again
 
@@ -211,7 +211,8 @@ def test_trusted_measurements_are_averaged_over_the_last_ones():
     records = []
     for c in _centres(20, seed=3):
         updates_before = opt.global_state["step"]
-        was_measurement = opt.global_state["labpal"]["phase"] == "measure" or updates_before >= opt.global_state["labpal"]["next_measure_update"]
+        machine = opt.global_state["labpal"]
+        was_measurement = machine.measuring or updates_before >= machine.next_measure_update
         opt.step(_quadratic(w, c))
         if was_measurement:
             records.append((updates_before, opt.last_fit["measured_step"], opt.update_step))
@@ -268,20 +269,70 @@ def test_state_dict_round_trip_mid_measurement_continues_bit_identically(mode):
     assert resumed.cost == expected_cost and resumed.global_state["step"] > 4
 
 
-def test_torch_save_mid_measurement_restarts_that_measurement_with_a_warning():
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+def test_a_checkpoint_mid_measurement_loads_weights_only_and_resumes_bit_identically(mode):
     model = _dropout_bn_model()
-    batches = _batches(6)
-    opt = LABPAL(model.parameters(), approx_batches=4)
-    _run(model, opt, batches[:2])
+    batches = _batches(16)
+    kwargs = dict(mode=mode, approx_batches=4, reuse_steps=3, momentum=0.5)
+    opt = LABPAL(model.parameters(), **kwargs)
+    _run(model, opt, batches[:9])  # a measurement (4 calls), 3 updates, 2 calls of the next measurement
+    assert opt.measuring and opt.global_state["labpal"].measurement.index == 2
     buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)  # works although the closures are lambdas
+    torch.save({"opt": opt.state_dict(), "model": model.state_dict()}, buffer)
+    rng = torch.get_rng_state()
+    expected = _run(model, opt, batches[9:])
+    expected_params = [p.detach().clone() for p in model.parameters()]
+
     buffer.seek(0)
-    resumed = LABPAL(model.parameters(), approx_batches=4)
+    saved = torch.load(buffer, weights_only=True)  # plain tensors and python values only
+    model.load_state_dict(saved["model"])
+    resumed = LABPAL(model.parameters(), **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load_state_dict(saved["opt"])
+    torch.set_rng_state(rng)
+    assert torch.equal(_run(model, resumed, batches[9:]), expected)
+    assert all(torch.equal(a, p) for a, p in zip(expected_params, model.parameters()))
+    assert resumed.global_state["step"] == opt.global_state["step"] > 4
+
+
+def test_a_checkpoint_within_the_direction_batches_restarts_that_measurement_with_a_warning():
+    # k = 2 (batch_size 64): the first 2 calls of a measurement give the direction; after
+    # the first, its closure is needed at the second and cannot be checkpointed
+    model = _dropout_bn_model()
+    batches = _batches(8)
+    opt = LABPAL(model.parameters(), approx_batches=2, batch_size=64)
+    _run(model, opt, batches[:1])
+    assert opt.batch_inferences == 2 and opt.measuring
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = LABPAL(model.parameters(), approx_batches=2, batch_size=64)
     with pytest.warns(RuntimeWarning, match="measurement restarts"):
-        resumed.load_state_dict(torch.load(buffer, weights_only=False))
-    assert not resumed.measuring and resumed.global_state["labpal"]["phase"] == "measure"
-    _run(model, resumed, batches[2:6])  # a whole new measurement of 4 batches
-    assert resumed.global_state["step"] == 1
+        resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert not resumed.measuring and resumed.global_state["labpal"].measuring
+    _run(model, resumed, batches[1:5])  # a whole new measurement of 2 * 2 batches
+    assert resumed.global_state["step"] == 1 and not resumed.measuring
+
+
+def test_a_state_mid_measurement_loaded_with_fewer_approx_batches_completes_at_the_next_call():
+    w = nn.Parameter(START.clone())
+    centres = _centres(4)
+    opt = LABPAL([w], **_small(approx_batches=4))
+    for c in centres[:3]:
+        opt.step(_quadratic(w, c))
+    assert opt.global_state["labpal"].measurement.index == 3
+    smaller = LABPAL([w], **_small(approx_batches=2))
+    smaller.load_state_dict(copy.deepcopy(opt.state_dict()))
+    smaller.step(_quadratic(w, centres[3]))  # 4 batches >= 2: the measurement ends here
+    assert not smaller.measuring and smaller.global_state["step"] == 1
+    # it fitted the 4 batches it holds: the same parabola as the 4-batch LABPAL fits
+    reference = LABPAL([nn.Parameter(START.clone())], **_small(approx_batches=4))
+    v = reference.param_groups[0]["params"][0]
+    for c in centres:
+        reference.step(_quadratic(v, c))
+    assert smaller.update_step == reference.update_step
+    assert torch.equal(w.detach(), v.detach())
 
 
 def test_torch_save_between_measurements_resumes_exactly():
@@ -331,7 +382,7 @@ def test_bad_hyperparameters_raise_errors_naming_the_argument(kwargs, message):
 
 
 def test_param_group_overrides_are_rejected():
-    with pytest.raises(ValueError, match="one step for all parameters"):
+    with pytest.raises(ValueError, match="alpha cannot be set per group"):
         LABPAL([{"params": [nn.Parameter(START.clone())], "alpha": 2.0}])
 
 
@@ -348,7 +399,7 @@ def test_bad_closures_raise_the_contract_error():
 
     with pytest.raises(ClosureError, match="calls backward"):
         opt.step(calls_backward)
-    assert opt.global_state["labpal"]["batches"] == 0  # a rejected batch is not consumed
+    assert opt.global_state["labpal"].batches == 0  # a rejected batch is not consumed
 
 
 def test_registry_entries():
@@ -360,3 +411,97 @@ def test_registry_entries():
         assert isinstance(opt, LABPAL) and opt.mode == mode
         forward, backward = spec.passes
         assert forward == pytest.approx(1030 / 1001) and backward == 1.0
+
+
+# ----------------------------------------------------------------------------- raising closures
+@pytest.mark.parametrize("batch_size, failing_call, fail_at", [
+    (128, 1, 2),   # k = 1: the direction batch raises at x1 (its 2nd evaluation)
+    (128, 3, 3),   # k = 1: a later batch raises at x2
+    (128, 4, 2),   # k = 1: the last batch of the measurement raises before the fit
+    (64, 2, 2),    # k = 2: the 1st direction batch's kept closure raises when re-evaluated at x2
+    (128, 6, 1),   # a training call raises at its only evaluation
+])
+def test_a_raising_closure_restores_parameters_and_state_and_keeps_no_closure(batch_size, failing_call, fail_at):
+    from helpers import RaisesOnCall, assert_same_state
+
+    batches = _batches(14)
+    kwargs = dict(approx_batches=2 if batch_size == 64 else 4, reuse_steps=3, momentum=0.5, batch_size=batch_size)
+
+    def run(with_failure):
+        model = _dropout_bn_model()
+        opt = LABPAL(model.parameters(), **kwargs)
+        closures = [lambda x=x, y=y: ((model(x) - y) ** 2).mean() for x, y in batches]
+        torch.manual_seed(3)
+        for closure in closures[:failing_call - 1]:
+            opt.step(closure)
+        if with_failure:
+            params_before = [p.detach().clone() for p in model.parameters()]
+            state_before = copy.deepcopy(opt.state_dict())
+            held_before = [p.closure for p in opt._direction_probes]
+            rng = torch.get_rng_state()
+            failing = closures[failing_call - 1]
+            if batch_size == 64:  # the closure that raises is the one kept from call 1
+                kept = opt._direction_probes[0]
+                kept.closure = raising = RaisesOnCall(kept.closure, fail_at=fail_at)
+            else:
+                failing = raising = RaisesOnCall(failing, fail_at=fail_at)
+            with pytest.raises(RaisesOnCall.Failure):
+                opt.step(failing)
+            assert raising.calls == fail_at
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
+            assert_same_state(opt.state_dict(), state_before)
+            if batch_size == 64:
+                kept.closure = raising.loss_fn
+            assert [p.closure for p in opt._direction_probes] == held_before  # nothing new kept
+            torch.set_rng_state(rng)
+        for closure in closures[failing_call:]:  # not stuck: as if the failed call never happened
+            opt.step(closure)
+        return model, opt
+
+    failed_model, failed_opt = run(with_failure=True)
+    model, opt = run(with_failure=False)
+    assert all(torch.equal(p, q) for p, q in zip(failed_model.parameters(), model.parameters()))
+    assert_same_state(failed_opt.state_dict(), opt.state_dict())
+    assert opt.global_state["step"] >= 2
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_are_refused_instead_of_standing_still(dtype):
+    with pytest.raises(ValueError, match="autocast"):
+        LABPAL([nn.Parameter(START.clone().to(dtype))])
+    opt = LABPAL([nn.Parameter(START.clone().float())])
+    with pytest.raises(ValueError, match=str(dtype)):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2, dtype=dtype))]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+def test_a_complex_parameter_steps_as_its_real_view(mode):
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    kwargs = dict(mode=mode, approx_batches=2, reuse_steps=3, momentum=0.5, batch_size=64)  # k = 2
+    on_complex, on_real = LABPAL([z], **kwargs), LABPAL([w], **kwargs)
+    for i in range(12):
+        on_complex.step(lambda i=i: loss_of_complex(z, i))
+        on_real.step(lambda i=i: loss_of_real(w, i))
+    assert on_real.global_state["step"] >= 3
+    assert_same_trajectory(z, w)
+
+
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+def test_the_foreach_path_matches_the_per_tensor_loop_in_float64(mode):
+    trained = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1)).double()
+        opt = LABPAL(model.parameters(), mode=mode, approx_batches=2, reuse_steps=3, momentum=0.5, batch_size=64,
+                     foreach=foreach)
+        batches = [(x.double(), y.double()) for x, y in _batches(20)]
+        torch.manual_seed(1)
+        _run(model, opt, batches)
+        assert opt.global_state["step"] >= 5 and opt.global_state["labpal"].measurements >= 2
+        trained.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*trained):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)

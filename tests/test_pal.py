@@ -298,3 +298,43 @@ def test_registered_with_its_needs():
     assert spec.needs == frozenset({"probe_closure"}) and spec.passes == (2, 1)
     opt = polyak.create("pal", [torch.zeros(2, requires_grad=True)])
     assert isinstance(opt, PAL) and opt.momentum == 0.4 and opt.max_step == 3.16
+
+
+# ----------------------------------------------------------------------------- raising closure
+def test_a_closure_raising_at_the_measuring_point_restores_parameters_and_state_and_re_raises():
+    from helpers import RaisesOnCall, assert_same_state
+
+    model = make_model()
+    opt = PAL(model.parameters(), momentum=0.4)
+    torch.manual_seed(1)
+    train(model, opt, 3, seed=10)  # a direction buffer and a parabola exist
+    params_before = [p.detach().clone() for p in model.parameters()]
+    state_before = copy.deepcopy(opt.state_dict())
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    closure = RaisesOnCall(lambda: torch.nn.functional.cross_entropy(model(x), y), fail_at=2)
+    with pytest.raises(RaisesOnCall.Failure):
+        opt.step(closure)
+    assert closure.calls == 2
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
+    assert_same_state(opt.state_dict(), state_before)
+    # and the optimizer carries on as if the failed step never happened
+    twin = make_model()
+    twin.load_state_dict(model.state_dict())
+    twin_opt = PAL(twin.parameters(), momentum=0.4)
+    twin_opt.load_state_dict(state_before)
+    rng = torch.get_rng_state()
+    train(model, opt, 2, seed=11)
+    torch.set_rng_state(rng)
+    train(twin, twin_opt, 2, seed=11)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_a_complex_parameter_steps_as_its_real_view():
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    on_complex, on_real = PAL([z], momentum=0.4), PAL([w], momentum=0.4)
+    for i in range(10):
+        on_complex.step(lambda: loss_of_complex(z, i))
+        on_real.step(lambda: loss_of_real(w, i))
+    assert_same_trajectory(z, w)

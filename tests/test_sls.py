@@ -1,6 +1,7 @@
 """SLS: float64 reference loops written from ALGORITHMS.md and the paper (Armijo,
 Goldstein, heavy-ball momentum) over two param groups, the reference's edge rules,
 BatchNorm and cost accounting, resume, and bad input."""
+import copy
 import io
 import math
 
@@ -350,3 +351,38 @@ def test_registry_names_and_their_defaults():
     assert goldstein.condition == "goldstein" and goldstein.reset == 0
     heavy_ball = polyak.create("sls-polyak", p)
     assert heavy_ball.condition == "armijo" and heavy_ball.momentum == 0.6 and heavy_ball.reset == 0
+
+
+# ----------------------------------------------------------------------------- raising closure
+@pytest.mark.parametrize("fail_at", [2, 4], ids=["first-trial", "third-trial"])
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.6, reset=1, n_batches_per_epoch=3, init_step_size=50.0, eta_max=None),
+                                    dict(condition="goldstein", reset=0, init_step_size=50.0, eta_max=None)], ids=["armijo-momentum", "goldstein"])
+def test_a_closure_raising_mid_search_restores_parameters_and_state_and_re_raises(kwargs, fail_at):
+    from helpers import RaisesOnCall, assert_same_state
+
+    model = make_model()
+    opt = SLS(model.parameters(), **kwargs)
+    torch.manual_seed(1)
+    train(model, opt, 3, seed=10)
+    params_before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(16, 4) * 3, torch.randint(0, 3, (16,))
+    opt.global_state["search_step_size"] = 1e5  # the next search starts far too long: several trials
+    state_before = copy.deepcopy(opt.state_dict())
+    closure = RaisesOnCall(lambda: torch.nn.functional.cross_entropy(model(x), y), fail_at=fail_at)
+    with pytest.raises(RaisesOnCall.Failure):
+        opt.step(closure)
+    assert closure.calls == fail_at
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
+    assert_same_state(opt.state_dict(), state_before)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(condition="goldstein", reset=0), dict(momentum=0.6, reset=0)])
+def test_a_complex_parameter_steps_as_its_real_view(kwargs):
+    from complex_problem import assert_same_trajectory, loss_of_complex, loss_of_real, pair
+
+    z, w = pair()
+    on_complex, on_real = SLS([z], **kwargs), SLS([w], **kwargs)
+    for i in range(10):
+        on_complex.step(lambda: loss_of_complex(z, i))
+        on_real.step(lambda: loss_of_real(w, i))
+    assert_same_trajectory(z, w)

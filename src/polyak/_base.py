@@ -53,8 +53,6 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
-from ._closure import ClosureError, ProbeClosure
-from .functional import copy_all_, global_sq_norm
 
 GLOBAL_STATE = "global"
 
@@ -270,8 +268,6 @@ class PolyakBase(torch.optim.Optimizer):
         group["unclipped_step_size"] = unclipped_step_size
         group["clipped"] = clipped
 
-    # Kept for the line searches until they call _record_step (helper "linesearch").
-    _set_step_stats = _record_step
 
     # ----------------------------------------------------- state and copies
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -709,33 +705,6 @@ class PolyakBase(torch.optim.Optimizer):
             )
         return False
 
-    def _begin_line_search(self, closure, loss, evaluates: str) -> Tuple[ProbeClosure, Tensor, List[Tensor], List[Tensor], Optional[Tensor]]:
-        """The opening of every one-batch line search (PAL, SLS): the loss and
-        gradient at the start point through a probe closure, then the guard.
-
-        Returns ``(probe, loss_0, params, grads, grad_sq_norm)``; ``params`` is
-        empty when the step must not move (no gradient, or a non-finite loss or
-        gradient under nonfinite="skip"). ``evaluates`` ends the error message
-        that says where the closure is re-evaluated.
-        """
-        name = type(self).__name__
-        if loss is not None or closure is None:
-            raise ClosureError(
-                f"{name}.step needs step(closure) where closure() computes this batch's mean loss and returns it "
-                f"WITHOUT calling backward: {name} runs backward itself and re-evaluates the loss {evaluates}"
-            )
-        probe = ProbeClosure(closure, name, self._all_params(), on_pass=self._count_passes)
-        with torch.enable_grad():  # step() runs under no_grad; the backward needs the graph
-            loss_0 = probe.loss_and_grad()
-        params = [p for ps in self._params_with_grad() for p in ps]
-        if not params:
-            return probe, loss_0, [], [], None
-        grads = [p.grad for p in params]
-        grad_sq_norm = global_sq_norm(grads, foreach=self.foreach)
-        if self._guard(loss_0, grad_sq_norm, None):
-            return probe, loss_0, [], [], grad_sq_norm
-        return probe, loss_0, params, grads, grad_sq_norm
-
 
 def _check_lr(name: str, value: Any) -> None:
     if isinstance(value, Tensor):
@@ -747,36 +716,3 @@ def _check_lr(name: str, value: Any) -> None:
             f"{name} must be a finite number >= 0, got {value!r}: it multiplies the step (1.0 leaves it unchanged)"
         )
 
-
-# ------------------------------------------------------------ line searches
-class StartPoint:
-    """Scratch copy of the parameters at the start of a line search, reused between
-    steps and never checkpointed (it means nothing between steps). Restoring is a
-    copy, so the parameters come back bit-identical."""
-
-    def __init__(self, foreach: bool = True):
-        self.foreach = foreach
-        self._buffers: Dict[int, Tensor] = {}
-
-    def save(self, params: List[Tensor]) -> List[Tensor]:
-        buffers = []
-        for p in params:
-            buf = self._buffers.get(id(p))
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                self._buffers[id(p)] = buf
-            buffers.append(buf)
-        copy_all_(buffers, params, self.foreach)
-        return buffers
-
-
-def reject_per_group_hyperparameters(optimizer: PolyakBase, names) -> None:
-    """A single global line search has one value of each hyperparameter; a group that
-    sets one would silently be ignored, so it is an error."""
-    for index, group in enumerate(optimizer.param_groups):
-        overridden = sorted(set(group) & set(names))
-        if overridden:
-            raise ValueError(
-                f"{type(optimizer).__name__} runs ONE line search over all param groups, so {', '.join(overridden)} "
-                f"cannot be set per group (param group {index}); pass it to the constructor instead"
-            )

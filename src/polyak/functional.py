@@ -34,6 +34,7 @@ __all__ = [
     "copy_all_",
     "decoupled_weight_decay_",
     "as_scalar",
+    "real_views",
 ]
 
 
@@ -351,3 +352,13 @@ def decoupled_weight_decay_(params: List[Tensor], step: Scalar, weight_decay: fl
     if not isinstance(factor, Tensor) and factor == 1.0:
         return
     _scale_all_(params, factor, foreach)
+
+
+def real_views(tensors: Sequence[Tensor]) -> List[Tensor]:
+    """Complex tensors as real views (``torch.view_as_real``: the last dimension holds
+    the real and imaginary parts), others unchanged, as torch.optim does it: on the
+    views, squared norms are sum |z|^2, inner products Re <x, y>, and element-wise
+    moments treat the two parts as separate coordinates, which is what the real
+    problem in twice the dimensions would compute. In-place updates of a view
+    update the complex tensor."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]

@@ -52,28 +52,48 @@ from torch import Tensor
 
 from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_in_range, check_positive
+from ._line_search import compute_views, global_dot, global_loss, global_sq_norm, refuse_weight_decay
 from ._registry import OptimizerSpec, register
 
 L4_BASES = ("adam", "momentum")
 
 
-def l4_update_moments_(grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], beta1: float, beta2: float) -> None:
+def l4_update_moments_(grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], beta1: float, beta2: float,
+                       foreach: bool = True) -> None:
     """m <- beta1 m + (1 - beta1) g; s <- beta2 s + (1 - beta2) g^2 (s only for Adam: pass [])."""
-    for g, m in zip(grads, exp_avgs):
-        m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-    for g, s in zip(grads, exp_avg_sqs):
-        s.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    if not foreach:
+        for g, m in zip(grads, exp_avgs):
+            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        for g, s in zip(grads, exp_avg_sqs):
+            s.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        return
+    for _, (gs, ms) in F.group_by_device_and_dtype(grads, exp_avgs).items():
+        torch._foreach_mul_(ms, beta1)
+        torch._foreach_add_(ms, gs, alpha=1.0 - beta1)
+    if exp_avg_sqs:
+        for _, (gs, ss) in F.group_by_device_and_dtype(grads, exp_avg_sqs).items():
+            torch._foreach_mul_(ss, beta2)
+            torch._foreach_addcmul_(ss, gs, gs, value=1.0 - beta2)
 
 
-def l4_directions(exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], step: int, beta1: float, beta2: float, adam_eps: float) -> Tuple[List[Tensor], List[Tensor]]:
+def l4_directions(exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], step: int, beta1: float, beta2: float, adam_eps: float,
+                  foreach: bool = True) -> Tuple[List[Tensor], List[Tensor]]:
     """(v, g_hat): the bias-corrected gradient EMA g_hat, and v = Adam's direction or g_hat."""
     correction1 = 1.0 - beta1 ** step
-    grad_estimates = [m / correction1 for m in exp_avgs]
+    correction2 = 1.0 - beta2 ** step
+    if not foreach:
+        grad_estimates = [m / correction1 for m in exp_avgs]
+        if not exp_avg_sqs:
+            return grad_estimates, grad_estimates
+        directions = [g_hat / ((s / correction2).sqrt_().add_(adam_eps)) for g_hat, s in zip(grad_estimates, exp_avg_sqs)]
+        return directions, grad_estimates
+    grad_estimates = list(torch._foreach_div(exp_avgs, correction1)) if exp_avgs else []
     if not exp_avg_sqs:
         return grad_estimates, grad_estimates
-    correction2 = 1.0 - beta2 ** step
-    directions = [g_hat / ((s / correction2).sqrt_().add_(adam_eps)) for g_hat, s in zip(grad_estimates, exp_avg_sqs)]
-    return directions, grad_estimates
+    denominators = torch._foreach_div(exp_avg_sqs, correction2)
+    torch._foreach_sqrt_(denominators)
+    torch._foreach_add_(denominators, adam_eps)
+    return list(torch._foreach_div(grad_estimates, denominators)), grad_estimates
 
 
 def l4_step_size(loss: Tensor, min_loss: Tensor, inner_product: Tensor, fraction: float, gamma: float, eps: float) -> Tensor:
@@ -95,8 +115,17 @@ class L4(PolyakBase):
         betas: EMA decays of the gradient (also g_hat's) and, for Adam, of its square.
         adam_eps: added to sqrt(s_hat) in Adam's direction (1e-4 as in the authors' code).
         eps: added to v . g_hat (1e-12).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on the step, per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`. A NaN/inf loss or
             gradient skips the step and leaves parameters and every buffer bit-identical.
+        process_group, loss_is_global: under torch.distributed the loss is averaged
+            over the ranks of ``process_group`` (default: all) and inner products of
+            sharded (FSDP2) gradients are summed over the shards, so every rank takes
+            the same step; ``loss_is_global=True`` if the loss passed is already global.
+
+    Complex parameters are handled as their real views (torch.optim's convention):
+    Adam's second moment is per real coordinate, ``v . g_hat`` the real inner product.
 
     Example::
 
@@ -106,6 +135,7 @@ class L4(PolyakBase):
     """
 
     group_keys = frozenset({"fraction", "betas", "adam_eps"})
+    mode_keys = frozenset({"base"})  # Adam's second moment exists only for base="adam"
 
     def __init__(
         self,
@@ -118,40 +148,53 @@ class L4(PolyakBase):
         betas: Tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-4,
         eps: float = 1e-12,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         check_choice("base", base, L4_BASES)
+        refuse_weight_decay("L4", weight_decay)
         check_in_range("gamma", gamma, 0.0, 1.0)
         check_in_range("init_factor", init_factor, 0.0, 1.0, high_inclusive=True)
         check_positive("min_loss_forget_time", min_loss_forget_time, fix="The authors use 1000 (steps).")
         check_positive("eps", eps, fix="It keeps the step finite when v . g_hat vanishes (1e-12).")
         defaults = dict(fraction=fraction, betas=betas, adam_eps=adam_eps)
         _check_group(defaults)
-        super().__init__(params, defaults, nonfinite=nonfinite, foreach=foreach)
-        for group in self.param_groups:
-            _check_group(group, " (param group)")
         # Loss-level constants: one loss, one L_min for all groups.
-        self.base = base
-        self.gamma = float(gamma)
-        self.init_factor = float(init_factor)
-        self.min_loss_forget_time = float(min_loss_forget_time)
-        self.eps = float(eps)
+        defaults.update(base=base, gamma=float(gamma), init_factor=float(init_factor),
+                        min_loss_forget_time=float(min_loss_forget_time), eps=float(eps))
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        _check_group(group, " (param group)")
+
+    base = property(lambda self: self._setting("base"))
+    gamma = property(lambda self: self._setting("gamma"))
+    init_factor = property(lambda self: self._setting("init_factor"))
+    min_loss_forget_time = property(lambda self: self._setting("min_loss_forget_time"))
+    eps = property(lambda self: self._setting("eps"))
 
     def _moment_buffers(self, p: Tensor) -> Tuple[Tensor, ...]:
+        """The moments, shaped like the parameter in the state, as the views the step computes with."""
         state = self.state[p]
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if self.base == "adam":
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["exp_avg"], state.get("exp_avg_sq")
+        exp_avg, exp_avg_sq = compute_views([state["exp_avg"], state.get("exp_avg_sq", state["exp_avg"])])
+        return exp_avg, exp_avg_sq if "exp_avg_sq" in state else None
 
     def _check_loss(self, loss: Tensor, grads: List[Tensor]) -> bool:
         """True means: skip this step (non-finite input). Raises on a negative loss."""
         if self.nonfinite == "unchecked":
             return False
-        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
+        grad_sq_norm = global_sq_norm(self, compute_views(grads), grads)
         try:
             return self._guard(loss, grad_sq_norm, 0.0)
         except ValueError:
@@ -165,6 +208,7 @@ class L4(PolyakBase):
         """One L4 step. Give the batch loss (``loss=``) after ``backward()``, or a
         torch-style closure that computes the loss, calls backward and returns it."""
         loss, groups, all_grads = self._begin_loss_step(closure, loss)
+        loss = global_loss(self, loss)
         if not all_grads:
             return loss
         if self._check_loss(loss, all_grads):
@@ -187,18 +231,19 @@ class L4(PolyakBase):
             buffers = [self._moment_buffers(p) for p in params]
             exp_avgs = [b[0] for b in buffers]
             exp_avg_sqs = [b[1] for b in buffers] if self.base == "adam" else []
-            l4_update_moments_([p.grad for p in params], exp_avgs, exp_avg_sqs, beta1, beta2)
-            v, g_hat = l4_directions(exp_avgs, exp_avg_sqs, step, beta1, beta2, group["adam_eps"])
+            l4_update_moments_(compute_views([p.grad for p in params]), exp_avgs, exp_avg_sqs, beta1, beta2, self.foreach)
+            v, g_hat = l4_directions(exp_avgs, exp_avg_sqs, step, beta1, beta2, group["adam_eps"], self.foreach)
             directions.append(v)
             grad_estimates.extend(g_hat)
         flat_directions = [d for ds in directions for d in ds]
-        inner_product = F.global_dot(flat_directions, grad_estimates, foreach=self.foreach).to(loss.device, work_dtype)
+        originals = [p for ps in groups for p in ps]
+        inner_product = global_dot(self, flat_directions, grad_estimates, originals).to(loss.device, work_dtype)
 
         for group, params, v in zip(self.param_groups, groups, directions):
-            eta = l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
-            self._set_step_stats(group, eta, eta, torch.zeros((), dtype=torch.bool, device=eta.device))
+            eta = group["lr"] * l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
+            self._record_step(group, eta, eta, torch.zeros((), dtype=torch.bool, device=eta.device))
             if params:
-                F.sgd_step_(params, v, F.as_scalar(eta), foreach=self.foreach)
+                F.sgd_step_(compute_views(params), v, F.as_scalar(eta), foreach=self.foreach)
         state["min_loss"] = min_loss * (1.0 + 1.0 / self.min_loss_forget_time)
         state["step"] = step
         return loss

@@ -56,34 +56,18 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import NonFiniteError, PolyakBase, StartPoint, check_in_range, check_positive, reject_per_group_hyperparameters
+from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
+from ._line_search import (
+    Rollback, StartPoint, begin_line_search, global_dot, global_loss, global_sq_norm, group_lrs, refuse_weight_decay,
+    step_along_,
+)
 from ._registry import OptimizerSpec, register
+from .parabola import parabolic_update_step
+
+__all__ = ["PAL", "parabolic_update_step"]
 
 # Floor of ||d||: keeps b = -(g.d)/||d|| finite (= 0) for a zero direction.
 _DIRECTION_NORM_FLOOR = 1e-30
-
-
-def parabolic_update_step(
-    loss_0: Tensor, loss_mu: Tensor, slope: Tensor, measuring_step: float, update_factor: float, max_step: float
-):
-    """PAL's jump distance s along the unit direction from a 2-point + slope parabola.
-
-    Returns ``(s, s_before_clip, curvature, finite)`` as 0-dim tensors, branch-free
-    (no host read). ``finite`` is false when the curvature or slope is NaN/inf; ``s``
-    is then 0.
-    """
-    curvature = (loss_mu - loss_0 - slope * measuring_step) / (measuring_step * measuring_step)
-    descent = slope < 0
-    # -b/(2a) is evaluated for every a; where() keeps it only where a > 0.
-    parabola_min = -slope / (2 * curvature) * update_factor
-    unclipped = torch.where(
-        descent & (curvature > 0), parabola_min,
-        torch.where(descent, torch.full_like(slope, measuring_step), torch.zeros_like(slope)),
-    )
-    finite = torch.isfinite(curvature) & torch.isfinite(slope)
-    unclipped = torch.where(finite, unclipped, torch.zeros_like(unclipped))
-    step = unclipped if max_step is None else torch.clamp(unclipped, max=max_step)
-    return step, unclipped, curvature, finite
 
 
 class PAL(PolyakBase):
@@ -98,8 +82,19 @@ class PAL(PolyakBase):
         max_step: s_max, the largest distance moved along the unit direction, applied
             after ``update_factor`` (paper: 3.16); None disables it.
         momentum: beta, direction adaptation d <- beta*d + g (paper: 0.4; 0 uses d = g).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on the final step (after the clip), per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; a non-finite loss,
             gradient, slope or curvature is such a case.
+        process_group, loss_is_global: under torch.distributed both probe losses are
+            averaged over the ranks of ``process_group`` (default: all), so every rank
+            fits the same parabola; ``loss_is_global=True`` if the closure already
+            returns the global loss.
+
+    Complex parameters are searched as their real views (torch.optim's convention):
+    the same steps as on the real problem in twice the dimensions. A closure that
+    raises leaves parameters and state exactly as before the step (see
+    :class:`polyak._line_search.Rollback`).
 
     Example::
 
@@ -109,8 +104,6 @@ class PAL(PolyakBase):
         opt.step(closure)
     """
 
-    _OPTIMIZER_WIDE = ("measuring_step", "update_factor", "max_step", "momentum")
-
     def __init__(
         self,
         params,
@@ -118,33 +111,50 @@ class PAL(PolyakBase):
         update_factor: float = 1 / 0.6,
         max_step: float = 3.16,
         momentum: float = 0.4,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         check_positive("measuring_step", measuring_step, fix="It is the distance of the second loss measurement (paper: 1).")
         check_positive("update_factor", update_factor, fix="It multiplies the parabola's minimum (paper: 1/0.6).")
         check_positive("max_step", max_step, allow_none=True, fix="It caps the distance moved per step (paper: 3.16).")
         check_in_range("momentum", momentum, 0.0, 1.0)
-        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
-        self.measuring_step = float(measuring_step)
-        self.update_factor = float(update_factor)
-        self.max_step = None if max_step is None else float(max_step)
-        self.momentum = float(momentum)
+        refuse_weight_decay("PAL", weight_decay)
+        defaults = dict(
+            measuring_step=float(measuring_step), update_factor=float(update_factor),
+            max_step=None if max_step is None else float(max_step), momentum=float(momentum),
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
         self._start_point = StartPoint(foreach)
+
+    # ONE line search over all groups: every search constant is optimizer-wide
+    measuring_step = property(lambda self: self._setting("measuring_step"))
+    update_factor = property(lambda self: self._setting("update_factor"))
+    max_step = property(lambda self: self._setting("max_step"))
+    momentum = property(lambda self: self._setting("momentum"))
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
-        """One PAL step. ``closure()`` returns this batch's mean loss without backward."""
-        probe, loss_0, params, grads, grad_sq_norm = self._begin_line_search(closure, loss, "at a second point")
+        """One PAL step. ``closure()`` returns this batch's mean loss without backward.
+        Returns the loss at the start point (the mean over ranks under torch.distributed)."""
+        with Rollback(self) as rollback:
+            return self._search(closure, loss, rollback)
+
+    def _search(self, closure, loss, rollback: Rollback):
+        probe, loss_0, params, grads, grad_sq_norm = begin_line_search(self, closure, loss, "at a second point")
         if not params:
             return loss_0
+        originals = [p for ps in self._params_with_grad() for p in ps]
 
         if self.momentum > 0:
-            directions = self._adapted_directions(params, grads)
-            direction_sq_norm = F.global_sq_norm(directions, foreach=self.foreach)
-            grad_dot_direction = F.global_dot(grads, directions, foreach=self.foreach)
+            directions = self._adapted_directions(originals, grads)
+            direction_sq_norm = global_sq_norm(self, directions, originals)
+            grad_dot_direction = global_dot(self, grads, directions, originals)
         else:
             directions = grads
             direction_sq_norm = grad_sq_norm
@@ -155,8 +165,9 @@ class PAL(PolyakBase):
         loss_0 = loss_0.to(direction_norm.device)
 
         start_points = self._start_point.save(params)
+        rollback.moving(params, start_points)
         F.sgd_step_(params, directions, F.as_scalar(self.measuring_step / direction_norm), foreach=self.foreach)
-        loss_mu = probe.loss().to(direction_norm.device)
+        loss_mu = global_loss(self, probe.loss()).to(direction_norm.device)
 
         update_step, unclipped, curvature, finite = parabolic_update_step(
             loss_0.to(scalar_dtype), loss_mu.to(scalar_dtype), slope,
@@ -175,15 +186,15 @@ class PAL(PolyakBase):
         learning_rate = update_step / direction_norm
         # From the saved start point: one rounding per entry (see the module docstring).
         F.copy_all_(params, start_points, self.foreach)
-        F.sgd_step_(params, directions, F.as_scalar(learning_rate), foreach=self.foreach)
+        step_along_(self, params, directions, learning_rate, group_lrs(self))
 
         if self.momentum > 0:
-            for p, d in zip(params, directions):
+            for p, d in zip(originals, directions):
                 self.state[p]["direction"] = d
         clipped = unclipped > self.max_step if self.max_step is not None else torch.zeros_like(unclipped, dtype=torch.bool)
         for group in self.param_groups:
-            self._set_step_stats(group, learning_rate, unclipped / direction_norm, clipped)
-            group["update_step"] = update_step
+            self._record_step(group, group["lr"] * learning_rate, group["lr"] * unclipped / direction_norm, clipped)
+            group["update_step"] = group["lr"] * update_step
         self.global_state["parabola"] = {
             "loss": loss_0, "loss_at_measuring_step": loss_mu, "slope": slope,
             "curvature": curvature, "direction_norm": direction_norm,
@@ -194,7 +205,8 @@ class PAL(PolyakBase):
     def _adapted_directions(self, params: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
         """d = beta*d_prev + g into NEW tensors: the stored direction changes only
         once the step succeeds, so a skipped step leaves the state bit-identical.
-        Without a previous direction d = g exactly (beta*0 + g)."""
+        Without a previous direction d = g exactly (beta*0 + g). The buffer is kept
+        in the form the search computes with (real view, local shard)."""
         previous = [self.state[p].get("direction") for p in params]
         if self.foreach and all(d is not None for d in previous):
             directions = torch._foreach_mul(previous, self.momentum)

@@ -72,7 +72,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import PolyakBase, StartPoint, check_choice, check_in_range, check_int, check_positive, reject_per_group_hyperparameters
+from ._base import PolyakBase, check_choice, check_in_range, check_int, check_positive
+from ._line_search import Rollback, StartPoint, begin_line_search, global_loss, group_lrs, refuse_weight_decay, step_along_
 from ._registry import OptimizerSpec, register
 
 CONDITIONS = ("armijo", "goldstein")
@@ -125,8 +126,18 @@ class SLS(PolyakBase):
             authors' "SLS Polyak" uses 0.6).
         grow_factor: Goldstein's growth when only Armijo holds (reference: 2).
         max_tries: the most trial forwards of one search (reference: 100).
+        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        lr: multiplier on the final step, per group (the search itself uses lr 1), for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; checked on the loss
             and gradient at the start point (a NaN trial loss just fails its trial).
+        process_group, loss_is_global: under torch.distributed every trial loss is
+            averaged over the ranks of ``process_group`` (default: all), so every rank
+            accepts the same step size after the same number of trials;
+            ``loss_is_global=True`` if the closure already returns the global loss.
+
+    Complex parameters are searched as their real views (torch.optim's convention).
+    A closure that raises leaves parameters and state exactly as before the step
+    (see :class:`polyak._line_search.Rollback`).
 
     Example::
 
@@ -134,10 +145,7 @@ class SLS(PolyakBase):
         opt.step(lambda: criterion(model(x), y))     # no backward in the closure
     """
 
-    _OPTIMIZER_WIDE = (
-        "condition", "init_step_size", "c", "beta", "gamma", "reset", "eta_max",
-        "n_batches_per_epoch", "momentum", "grow_factor", "max_tries",
-    )
+    mode_keys = frozenset({"condition"})
 
     def __init__(
         self,
@@ -153,9 +161,13 @@ class SLS(PolyakBase):
         momentum: float = 0.0,
         grow_factor: float = 2.0,
         max_tries: int = 100,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         check_choice("condition", condition, CONDITIONS)
         check_positive("init_step_size", init_step_size, fix="It is the first step size tried (reference: 1).")
@@ -182,27 +194,41 @@ class SLS(PolyakBase):
         if not (isinstance(grow_factor, (int, float)) and not isinstance(grow_factor, bool) and math.isfinite(grow_factor) and grow_factor > 1):
             raise ValueError(f"grow_factor must be a finite number > 1 (Goldstein's growth, reference: 2), got {grow_factor!r}")
         check_int("max_tries", max_tries, 1, "It is the most trial forwards per search (reference: 100).")
-        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        reject_per_group_hyperparameters(self, self._OPTIMIZER_WIDE)
-        self.condition = condition
-        self.init_step_size = float(init_step_size)
-        self.c = float(c)
-        self.beta = float(beta)
-        self.gamma = float(gamma)
-        self.reset = int(reset)
-        self.eta_max = None if eta_max is None else float(eta_max)
-        self.n_batches_per_epoch = int(n_batches_per_epoch)
-        self.momentum = float(momentum)
-        self.grow_factor = float(grow_factor)
-        self.max_tries = int(max_tries)
+        refuse_weight_decay("SLS", weight_decay)
+        defaults = dict(
+            condition=condition, init_step_size=float(init_step_size), c=float(c), beta=float(beta), gamma=float(gamma),
+            reset=int(reset), eta_max=None if eta_max is None else float(eta_max),
+            n_batches_per_epoch=int(n_batches_per_epoch), momentum=float(momentum), grow_factor=float(grow_factor),
+            max_tries=int(max_tries),
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
         self.global_state["search_step_size"] = self.init_step_size
         self.global_state["trials"] = 0
         self._start_point = StartPoint(foreach)
 
+    # ONE search over all groups: every search constant is optimizer-wide
+    condition = property(lambda self: self._setting("condition"))
+    init_step_size = property(lambda self: self._setting("init_step_size"))
+    c = property(lambda self: self._setting("c"))
+    beta = property(lambda self: self._setting("beta"))
+    gamma = property(lambda self: self._setting("gamma"))
+    reset = property(lambda self: self._setting("reset"))
+    eta_max = property(lambda self: self._setting("eta_max"))
+    n_batches_per_epoch = property(lambda self: self._setting("n_batches_per_epoch"))
+    momentum = property(lambda self: self._setting("momentum"))
+    grow_factor = property(lambda self: self._setting("grow_factor"))
+    max_tries = property(lambda self: self._setting("max_tries"))
+
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
-        """One SLS step. ``closure()`` returns this batch's mean loss without backward."""
-        probe, loss_0, params, grads, grad_sq_norm_t = self._begin_line_search(closure, loss, "at trial points")
+        """One SLS step. ``closure()`` returns this batch's mean loss without backward.
+        Returns the loss at the start point (the mean over ranks under torch.distributed)."""
+        with Rollback(self) as rollback:
+            return self._search(closure, loss, rollback)
+
+    def _search(self, closure, loss, rollback: Rollback):
+        probe, loss_0, params, grads, grad_sq_norm_t = begin_line_search(self, closure, loss, "at trial points")
         if not params:
             return loss_0
 
@@ -213,17 +239,23 @@ class SLS(PolyakBase):
         # The search branches on every trial loss: the host reads are inherent to it.
         loss_value, grad_sq_norm = float(loss_0), float(grad_sq_norm_t)
         start_points = self._start_point.save(params)
+        rollback.moving(params, start_points)
         applied, trials = 0.0, 0
         if math.sqrt(grad_sq_norm) >= _MIN_GRAD_NORM:
             search = self._armijo if self.condition == "armijo" else self._goldstein
             step_size, applied, trials = search(probe, params, grads, start_points, loss_value, grad_sq_norm, step_size)
-        if self.momentum > 0:
-            self._add_momentum(params, start_points)
+            lrs = group_lrs(self)
+            if any(not (isinstance(lr, (int, float)) and lr == 1.0) for lr in lrs):  # lr multiplies the final step
+                F.copy_all_(params, start_points, self.foreach)
+                step_along_(self, params, grads, applied, lrs)
+        if self.momentum > 0:  # after the last trial: the buffers change in place (see Rollback)
+            originals = [p for ps in self._params_with_grad() for p in ps]
+            self._add_momentum(originals, params, start_points)
 
         self.global_state["search_step_size"] = step_size
         self.global_state["trials"] = trials
         for group in self.param_groups:
-            group["step_size"] = applied
+            self._record_step(group, group["lr"] * applied, group["lr"] * applied, False)
         self.global_state["step"] += 1
         return loss_0
 
@@ -231,7 +263,7 @@ class SLS(PolyakBase):
     def _try(self, probe, params, grads, start_points, step_size: float) -> float:
         F.copy_all_(params, start_points, self.foreach)
         F.sgd_step_(params, grads, step_size, foreach=self.foreach)
-        return float(probe.loss())
+        return float(global_loss(self, probe.loss()))
 
     def _armijo(self, probe, params, grads, start_points, loss, grad_sq_norm, step_size):
         """Returns (step size carried on, step size applied, trials)."""
@@ -266,11 +298,13 @@ class SLS(PolyakBase):
         # Reference: the parameters stay at the last trial point.
         return step_size, tried, self.max_tries
 
-    def _add_momentum(self, params: List[Tensor], start_points: List[Tensor]) -> None:
-        """w <- w + mu * (w_t - w_{t-1}); the buffer becomes this step's displacement."""
+    def _add_momentum(self, originals: List[Tensor], params: List[Tensor], start_points: List[Tensor]) -> None:
+        """w <- w + mu * (w_t - w_{t-1}); the buffer becomes this step's displacement.
+        ``params`` are the views the search computes with, ``originals`` the
+        parameters the buffers belong to."""
         buffers = []
-        for p in params:
-            state = self.state[p]
+        for o, p in zip(originals, params):
+            state = self.state[o]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buffers.append(state["momentum_buffer"])

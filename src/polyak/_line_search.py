@@ -1,0 +1,197 @@
+"""What the line searches (PAL, SLS, LABPAL) share and the other optimizers do not:
+the start-point copy, the opening of a one-batch search, the rollback of a step
+whose closure raises, and the probe losses made global over ranks.
+
+A line search calls the user's closure several times per step and moves the
+parameters between the calls. A closure that raises on its second call (a data
+error, an out-of-memory, a KeyboardInterrupt) must not leave the parameters at a
+probe point nor half of the optimizer's state updated: :class:`Rollback` puts
+both back bit-identically and lets the exception through.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _distributed as D
+from . import functional as F
+from ._base import GLOBAL_STATE, PolyakBase
+from ._closure import ClosureError, ProbeClosure
+from .functional import copy_all_, real_views
+
+
+class StartPoint:
+    """Scratch copy of the parameters at the start of a line search, reused between
+    steps and never checkpointed (it means nothing between steps). Restoring is a
+    copy, so the parameters come back bit-identical."""
+
+    def __init__(self, foreach: bool = True):
+        self.foreach = foreach
+        self._buffers: Dict[int, Tensor] = {}
+
+    def save(self, params: List[Tensor]) -> List[Tensor]:
+        buffers = []
+        for p in params:
+            buf = self._buffers.get(id(p))
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                self._buffers[id(p)] = buf
+            buffers.append(buf)
+        copy_all_(buffers, params, self.foreach)
+        return buffers
+
+
+class Rollback:
+    """Context manager around one line-search step: if anything inside raises, the
+    parameters and the whole optimizer state come back exactly as they were when
+    the step began, and the exception propagates.
+
+    What it snapshots is cheap: the optimizer-wide state (small: counters, the last
+    parabola, a state machine of scalars) is deep-copied, each parameter's state
+    dict is copied shallowly (its tensors are shared, not cloned). That is enough
+    because the optimizers here follow one rule: per-parameter tensors are only
+    REPLACED, or changed in place after the step's last closure call, never changed
+    in place before it. The parameters are put back from the start-point copy the
+    step registers with :meth:`moving` before it moves them.
+    """
+
+    def __init__(self, optimizer: PolyakBase):
+        self.optimizer = optimizer
+        self._moved: Optional[Tuple[List[Tensor], List[Tensor]]] = None
+
+    def moving(self, params: List[Tensor], start_points: List[Tensor]) -> None:
+        """The parameters are about to leave the point saved in ``start_points``."""
+        self._moved = (params, start_points)
+
+    def __enter__(self) -> "Rollback":
+        state = self.optimizer.state
+        self._global = copy.deepcopy(state[GLOBAL_STATE])
+        self._per_param = {key: dict(value) for key, value in state.items() if key is not GLOBAL_STATE and key != GLOBAL_STATE}
+        self._stats = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
+            return False
+        with torch.no_grad():
+            if self._moved is not None:
+                params, start_points = self._moved
+                copy_all_(params, start_points, self.optimizer.foreach)
+        state = self.optimizer.state
+        for key in [k for k in state if k is not GLOBAL_STATE and k != GLOBAL_STATE and k not in self._per_param]:
+            del state[key]
+        for key, value in self._per_param.items():
+            state[key] = value
+        state[GLOBAL_STATE] = self._global
+        for group, saved in zip(self.optimizer.param_groups, self._stats):
+            for k in [k for k in group if k != "params" and k not in saved]:
+                del group[k]
+            group.update(saved)
+        return False
+
+
+def compute_views(tensors: List[Tensor]) -> List[Tensor]:
+    """What a step computes with: the local shard of a DTensor, the real view of a
+    complex tensor. Both share storage with the tensor, so updates land in it."""
+    return real_views([D.local_part(t) for t in tensors])
+
+
+def global_loss(optimizer: PolyakBase, loss: Tensor) -> Tensor:
+    """A probe loss as every rank sees it: the mean over the ranks of the
+    optimizer's process group (unchanged in a single process or with
+    ``loss_is_global=True``), so that every rank takes the same decisions and
+    calls its closure the same number of times."""
+    group = D.active_group(optimizer.process_group, optimizer._setting("loss_is_global"))
+    return loss if group is None else D.all_reduce_mean(loss, group)
+
+
+def _global_sum(optimizer: PolyakBase, partial, originals: Sequence[Tensor]) -> Tensor:
+    """``partial(indices)`` (a sum over the views of those tensors) over all tensors,
+    made global: the shares of sharded (DTensor) tensors are summed over the ranks
+    in one all-reduce, plain tensors count once (see :mod:`polyak._distributed`)."""
+    sharded = [i for i, t in enumerate(originals) if D.is_sharded(t)]
+    if not sharded:
+        return partial(range(len(originals)))
+    group = D.active_group(optimizer.process_group, False)
+    shares = [partial([i]) for i in sharded]
+    share = D.sharded_partial(shares, [originals[i] for i in sharded], group)
+    total = D.all_reduce_sum_(share.reshape(1).to(torch.float64).clone(), group)[0]
+    plain = [i for i, t in enumerate(originals) if not D.is_sharded(t)]
+    return total if not plain else total + partial(plain).to(total.device, torch.float64)
+
+
+def global_sq_norm(optimizer: PolyakBase, views: Sequence[Tensor], originals: Sequence[Tensor]) -> Tensor:
+    """||x||^2 over ``views`` (from :func:`compute_views` of ``originals``), global over shards."""
+    return _global_sum(optimizer, lambda idx: F.global_sq_norm([views[i] for i in idx], foreach=optimizer.foreach), originals)
+
+
+def global_dot(optimizer: PolyakBase, xs: Sequence[Tensor], ys: Sequence[Tensor], originals: Sequence[Tensor]) -> Tensor:
+    """sum_i <x_i, y_i> over views of ``originals``, global over shards."""
+    return _global_sum(
+        optimizer, lambda idx: F.global_dot([xs[i] for i in idx], [ys[i] for i in idx], foreach=optimizer.foreach), originals,
+    )
+
+
+def group_lrs(optimizer: PolyakBase) -> List[Any]:
+    """The ``lr`` of the group of each parameter that has a gradient, in the order of
+    ``_params_with_grad`` flattened."""
+    return [group["lr"] for group, ps in zip(optimizer.param_groups, optimizer._params_with_grad()) for _ in ps]
+
+
+def step_along_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor], step, lrs: List[Any]) -> None:
+    """p <- p - lr * step * d, with each parameter's group ``lr`` (the multiplier on
+    the final step); one multi-tensor update when every lr is 1."""
+    if all(isinstance(lr, (int, float)) and lr == 1.0 for lr in lrs):
+        F.sgd_step_(params, directions, F.as_scalar(step), foreach=optimizer.foreach)
+        return
+    for lr in {id(lr): lr for lr in lrs}.values():
+        chosen = [i for i, other in enumerate(lrs) if other is lr]
+        F.sgd_step_([params[i] for i in chosen], [directions[i] for i in chosen], F.as_scalar(step * lr),
+                    foreach=optimizer.foreach)
+
+
+def refuse_weight_decay(owner: str, weight_decay: Any) -> None:
+    """The line searches and L4 take no weight decay: a decay outside the search would
+    move the parameters off the point whose loss the search measured, and one inside
+    the loss is the user's to add (``loss + 0.5 * wd * ||w||^2`` in the closure)."""
+    if weight_decay != 0:
+        raise ValueError(
+            f"{owner} cannot honour weight_decay={weight_decay!r}: its step is chosen from measured losses, "
+            "so add the decay to the loss you return (loss + 0.5 * weight_decay * sum of squared weights) instead"
+        )
+
+
+def begin_line_search(optimizer: PolyakBase, closure, loss, evaluates: str):
+    """The opening of every one-batch line search (PAL, SLS): the loss and
+    gradient at the start point through a probe closure, then the guard.
+
+    Returns ``(probe, loss_0, params, grads, grad_sq_norm)``; ``params`` is empty
+    when the step must not move (no gradient, or a non-finite loss or gradient
+    under nonfinite="skip"). ``params`` and ``grads`` are what the search computes
+    with: real views of complex tensors, the local shards of DTensors (see
+    :func:`compute_views`). ``loss_0`` is the mean over ranks
+    and ``grad_sq_norm`` the global squared norm, so the guard decides the same on
+    every rank. ``evaluates`` ends the error message that says where the closure
+    is re-evaluated.
+    """
+    name = type(optimizer).__name__
+    if loss is not None or closure is None:
+        raise ClosureError(
+            f"{name}.step needs step(closure) where closure() computes this batch's mean loss and returns it "
+            f"WITHOUT calling backward: {name} runs backward itself and re-evaluates the loss {evaluates}"
+        )
+    probe = ProbeClosure(closure, name, optimizer._all_params(), on_pass=optimizer._count_passes)
+    with torch.enable_grad():  # step() runs under no_grad; the backward needs the graph
+        loss_0 = global_loss(optimizer, probe.loss_and_grad())
+    with_grad = [p for ps in optimizer._params_with_grad() for p in ps]
+    if not with_grad:
+        return probe, loss_0, [], [], None
+    params = compute_views(with_grad)
+    grads = compute_views([p.grad for p in with_grad])
+    grad_sq_norm = global_sq_norm(optimizer, grads, with_grad)
+    if optimizer._guard(loss_0, grad_sq_norm, None):
+        return probe, loss_0, [], [], grad_sq_norm
+    return probe, loss_0, params, grads, grad_sq_norm
