@@ -6,24 +6,14 @@ Without the reduction of issue 8 the loss is rank-local, the step sizes differ a
 the replicas drift apart silently (ALI-G by 4.5 after 30 steps). The two ranks run
 in processes spawned here, all optimizers in one pair (one start-up cost), bounded
 by a timeout so a deadlock fails instead of hanging."""
-import importlib.util
-import os
-import socket
-import tempfile
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import polyak
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("polyak._distributed") is None,
-    reason="needs the distributed reduction of issue 8 (polyak._distributed)",
-)
+from dist_helpers import spawn
 
 WORLD, SAMPLES, BATCH, EPOCHS = 2, 128, 8, 5  # 40 steps; ALI-G+ needs epochs >= K (5)
 STEPS_PER_EPOCH = SAMPLES // WORLD // BATCH
@@ -31,12 +21,6 @@ TIMEOUT_S = 240
 # What a harness fills from the run (the registry's CONTEXT), for this run.
 CONTEXT = {"num_samples": SAMPLES, "epochs": EPOCHS, "n_batches_per_epoch": STEPS_PER_EPOCH,
            "total_steps": EPOCHS * STEPS_PER_EPOCH, "batch_size": BATCH, "dataset_size": SAMPLES // WORLD}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_one(spec, rank):
@@ -80,36 +64,21 @@ def train_one(spec, rank):
     return {"params": [p.detach().clone() for p in net.parameters()], "state": tensors, "moved": moved}
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def every_optimizer(rank, world_size):
     torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for spec in polyak.specs():
-            try:
-                results[spec.name] = train_one(spec, rank)
-            except Exception as error:  # reported per optimizer by the parent
-                results[spec.name] = {"error": f"{type(error).__name__}: {error}"}
-                dist.barrier()  # a rank that failed must not leave the other in a collective
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    results = {}
+    for spec in polyak.specs():
+        try:
+            results[spec.name] = train_one(spec, rank)
+        except Exception as error:  # reported per optimizer by the test
+            results[spec.name] = {"error": f"{type(error).__name__}: {error}"}
+            dist.barrier()  # a rank that failed must not leave the other waiting in a collective
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks():
-    with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(worker, args=(free_port(), out_dir), nprocs=WORLD, join=False,
-                                     start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT_S
-        while not context.join(timeout=5):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail(f"the {WORLD} DDP ranks did not finish within {TIMEOUT_S} s (a deadlock?)")
-        yield [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    return spawn(every_optimizer, world_size=WORLD, timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("name", polyak.available())
