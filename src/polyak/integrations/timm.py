@@ -15,8 +15,8 @@ What timm passes and what becomes of it:
   ``weight_decay`` (ALI-G, ALI-G+, SPS) get both groups as they are; for the
   others the groups lose the key where it is 0, and a non-zero decay is refused.
 - ``lr``: polyak's ``lr`` is a multiplier on the step (1.0 by default) that timm's
-  schedulers drive; a warm-up or decay then scales the Polyak step. Optimizers
-  without ``lr`` (the line searches) accept only ``lr=1.0`` or none.
+  schedulers drive; a warm-up or decay then scales the Polyak step (or the line
+  search's step), so leave it at 1.0 unless that is what you want.
 - ``momentum``: timm defaults it to 0.9 for optimizers that take one.
 - ``layer_decay`` groups carry timm's ``lr_scale``, which polyak's optimizers refuse
   (with the key's name): layer-wise decay is not supported.
@@ -42,7 +42,6 @@ def timm_factory(spec: OptimizerSpec) -> Callable[..., Any]:
     """A callable(params, **timm_kwargs) that builds ``spec``'s optimizer from what
     timm's ``create_optimizer`` passes (see the module docstring)."""
     cls = spec.factory
-    accepted = inspect.signature(cls).parameters
     group_decay = takes_group_weight_decay(cls)
 
     def build(params, **kwargs):
@@ -55,13 +54,6 @@ def timm_factory(spec: OptimizerSpec) -> Callable[..., Any]:
                 without_zero_weight_decay([{"weight_decay": decay}], f"timm '{spec.name}'", cls)  # raises
         elif decay:
             kwargs["weight_decay"] = decay
-        if "lr" in kwargs and "lr" not in accepted:
-            lr = kwargs.pop("lr")
-            if lr != 1.0:
-                raise ValueError(
-                    f"timm '{spec.name}': {cls.__name__} has no learning rate (its line search sets the step), "
-                    f"got lr={lr}; leave lr unset or 1.0"
-                )
         return spec.create(params, **kwargs)
 
     build.__name__ = build.__qualname__ = f"timm_{cls.__name__}"
