@@ -87,13 +87,33 @@ def test_accumulate_grad_batches_4_equals_plain_loop(name, precision):
     assert module.optimizers().optimizer.param_groups[0]["step_size"] == optimizer.param_groups[0]["step_size"]
 
 
-def test_grad_scaler_precision_plugin_equals_plain_loop():
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_without_the_callback_no_accumulation_still_equals_the_closure_loop(precision):
+    """What worked before the integration keeps working: Lightning's closure feeds ALIG."""
     dataset = tiny_data()
     module = Classifier(MAKERS["alig"])
+    fit(module, dataset, precision=precision, callbacks=[])
+    reference = tiny_model()
+    optimizer = MAKERS["alig"](reference.parameters())
+    for x, y in batches(dataset, BATCH):
+        def closure(x=x, y=y):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                loss = F.cross_entropy(reference(x), y)
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+    assert max_difference(module.net, reference) == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_grad_scaler_precision_plugin_equals_plain_loop(name):
+    dataset = tiny_data()
+    module = Classifier(MAKERS[name])
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     fit(module, dataset, accumulate_grad_batches=4, plugins=[plugin])
     reference = tiny_model()
-    optimizer = MAKERS["alig"](reference.parameters())
+    optimizer = MAKERS[name](reference.parameters())
     plain_accumulation_loop(reference, optimizer, batches(dataset, BATCH), 4, autocast_dtype=torch.float16,
                             scaler=torch.amp.GradScaler("cpu"))
     assert max_difference(module.net, reference) == 0.0
