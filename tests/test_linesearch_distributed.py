@@ -2,63 +2,14 @@
 test, each run bounded by a timeout): with different data per rank every probe loss
 is averaged over the ranks, so both replicas take the same decisions and stay
 identical; under FSDP2 (fully_shard) a PAL run equals one process on the global batch."""
-import io
-import multiprocessing
-import os
-import socket
-import traceback
-
-import pytest
 import torch
 from torch import nn
 
 import polyak
 
+from dist_helpers import spawn  # tests/dist_helpers.py
+
 STEPS = 32
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world, port, fn, args, results):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        try:
-            value = fn(rank, world, *args)
-        finally:
-            dist.destroy_process_group()
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        results.put((rank, True, buffer.getvalue()))
-    except BaseException:
-        results.put((rank, False, traceback.format_exc()))
-
-
-def _spawn(fn, args=(), world=2, timeout_s=120):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    procs = [context.Process(target=_rank_main, args=(r, world, port, fn, args, results), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        values = {}
-        for _ in range(world):
-            rank, ok, value = results.get(timeout=timeout_s)  # queue.Empty after the timeout: a hang
-            assert ok, f"rank {rank} raised:\n{value}"
-            values[rank] = torch.load(io.BytesIO(value), weights_only=False)
-        return [values[r] for r in range(world)]
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
 
 
 def _model():
@@ -107,7 +58,7 @@ def _replica(rank, name):
 
 def test_replicas_stay_identical_with_different_data_per_rank():
     # one spawn for the four optimizers: starting ranks is the expensive part
-    ranks = _spawn(_replicas, timeout_s=240)
+    ranks = spawn(_replicas, timeout_s=240)
     start = [p.detach() for p in _model().parameters()]
     for name in sorted(BUILDERS):
         first, second = ranks[0][name], ranks[1][name]
@@ -133,7 +84,7 @@ def _fsdp_pal(rank, world):
 
 
 def test_fsdp2_pal_equals_one_process_on_the_global_batch():
-    first, second = _spawn(_fsdp_pal)
+    first, second = spawn(_fsdp_pal, timeout_s=120)
     model = _model()
     opt = polyak.PAL(model.parameters(), momentum=0.4)
     for step in range(20):
