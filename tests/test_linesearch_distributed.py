@@ -1,7 +1,7 @@
 """PAL, SLS, LABPAL and L4 under torch.distributed (2 gloo ranks spawned inside the
 test, each run bounded by a timeout): with different data per rank every probe loss
 is averaged over the ranks, so both replicas take the same decisions and stay
-identical; under FSDP2 (fully_shard) a PAL run equals one process on the global batch."""
+identical (a NaN on one rank skips the step on both); under FSDP2 (fully_shard) a PAL run equals one process on the global batch."""
 import torch
 from torch import nn
 
@@ -31,10 +31,12 @@ BUILDERS = {
 
 
 def _replicas(rank, world):
-    return {name: _replica(rank, name) for name in sorted(BUILDERS)}
+    runs = {name: _replica(rank, name) for name in sorted(BUILDERS)}
+    runs.update({f"{name}-nan": _replica(rank, name, nan_at=3) for name in sorted(BUILDERS)})
+    return runs
 
 
-def _replica(rank, name):
+def _replica(rank, name, nan_at=None):
     model = nn.parallel.DistributedDataParallel(_model())
     opt = BUILDERS[name](model.parameters())
     calls = 0
@@ -44,7 +46,8 @@ def _replica(rank, name):
         def closure(x=x, y=y):
             nonlocal calls
             calls += 1
-            return nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(model(x), y)
+            return loss * float("nan") if step == nan_at and rank == 1 else loss  # one rank's loss only
 
         if name == "l4":
             opt.zero_grad()
@@ -53,16 +56,19 @@ def _replica(rank, name):
             opt.step(loss=loss)
         else:
             opt.step(closure)
-    return {"params": [p.detach().clone() for p in model.parameters()], "calls": calls, "updates": opt.global_state["step"]}
+    return {"params": [p.detach().clone() for p in model.parameters()], "calls": calls, "updates": opt.global_state["step"],
+            "skipped": opt.skipped_steps}
 
 
 def test_replicas_stay_identical_with_different_data_per_rank():
     # one spawn for the four optimizers: starting ranks is the expensive part
     ranks = spawn(_replicas, timeout_s=240)
     start = [p.detach() for p in _model().parameters()]
-    for name in sorted(BUILDERS):
+    for name in sorted(ranks[0]):
         first, second = ranks[0][name], ranks[1][name]
         assert first["calls"] == second["calls"] and first["updates"] == second["updates"] > 5, name
+        # a NaN on one rank makes both ranks skip that step, and nobody hangs
+        assert first["skipped"] == second["skipped"] == (1 if name.endswith("-nan") else 0), name
         for p, q in zip(first["params"], second["params"]):
             assert torch.equal(p, q), name
         assert any(not torch.equal(p, s) for p, s in zip(first["params"], start)), name
