@@ -171,11 +171,6 @@ def test_nan_loss_leaves_parameters_bit_identical(spec):
 
 
 # ---------------------------------------------------------------- the policy (issue 7)
-# The line searches (and L4) adopt the lr multiplier in helper "linesearch"'s branch; until
-# that lands their lr key exists but does not scale the step.
-LR_NOT_YET_HONOURED = {"PAL", "SLS", "LABPAL", "L4"}
-
-
 def _one_epoch_copy(spec, copier):
     X, y = _data()
     model = _model()
@@ -209,9 +204,7 @@ def test_every_group_has_lr_and_a_step_lr_schedule_runs(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_lr_zero_freezes_the_parameters(spec, request):
-    if spec.factory.__name__ in LR_NOT_YET_HONOURED:
-        request.applymarker(pytest.mark.xfail(reason="lr adopted by the line searches in helper linesearch's branch"))
+def test_lr_zero_freezes_the_parameters(spec):
     X, y = _data()
     model = _model()
     opt = _build(spec, model, lr=0.0)
@@ -302,8 +295,6 @@ def _same_state(a, b):
 
 
 @pytest.mark.parametrize("spec", CLOSURE_SPECS, ids=[s.name for s in CLOSURE_SPECS])
-@pytest.mark.xfail(reason="a line search that re-raises restores its start point in helper linesearch's branch",
-                   strict=False)
 def test_raising_closure_restores_parameters_and_state(spec):
     X, y = _data()
     model = _model()

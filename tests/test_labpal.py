@@ -315,7 +315,7 @@ def test_a_checkpoint_within_the_direction_batches_restarts_that_measurement_wit
     assert resumed.global_state["step"] == 1 and not resumed.measuring
 
 
-def test_a_state_mid_measurement_loaded_with_fewer_approx_batches_completes_at_the_next_call():
+def test_a_state_mid_measurement_loaded_with_fewer_approx_batches_resumes_its_own_measurement():
     w = nn.Parameter(START.clone())
     centres = _centres(4)
     opt = LABPAL([w], **_small(approx_batches=4))
@@ -324,15 +324,28 @@ def test_a_state_mid_measurement_loaded_with_fewer_approx_batches_completes_at_t
     assert opt.global_state["labpal"].measurement.index == 3
     smaller = LABPAL([w], **_small(approx_batches=2))
     smaller.load_state_dict(copy.deepcopy(opt.state_dict()))
-    smaller.step(_quadratic(w, centres[3]))  # 4 batches >= 2: the measurement ends here
+    assert smaller.approx_batches == 4  # the checkpoint's settings, as torch restores them
+    smaller.step(_quadratic(w, centres[3]))  # the 4th batch ends the measurement
     assert not smaller.measuring and smaller.global_state["step"] == 1
-    # it fitted the 4 batches it holds: the same parabola as the 4-batch LABPAL fits
     reference = LABPAL([nn.Parameter(START.clone())], **_small(approx_batches=4))
     v = reference.param_groups[0]["params"][0]
     for c in centres:
         reference.step(_quadratic(v, c))
     assert smaller.update_step == reference.update_step
     assert torch.equal(w.detach(), v.detach())
+
+
+def test_a_measurement_already_longer_than_approx_batches_ends_at_the_next_call():
+    # e.g. approx_batches lowered by hand in the param groups mid-measurement: ">=", not "=="
+    w = nn.Parameter(START.clone())
+    centres = _centres(4)
+    opt = LABPAL([w], **_small(approx_batches=4))
+    for c in centres[:3]:
+        opt.step(_quadratic(w, c))
+    for group in opt.param_groups:
+        group["approx_batches"] = 2
+    opt.step(_quadratic(w, centres[3]))
+    assert not opt.measuring and opt.global_state["step"] == 1
 
 
 def test_torch_save_between_measurements_resumes_exactly():

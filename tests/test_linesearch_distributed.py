@@ -1,64 +1,15 @@
 """PAL, SLS, LABPAL and L4 under torch.distributed (2 gloo ranks spawned inside the
 test, each run bounded by a timeout): with different data per rank every probe loss
 is averaged over the ranks, so both replicas take the same decisions and stay
-identical; under FSDP2 (fully_shard) a PAL run equals one process on the global batch."""
-import io
-import multiprocessing
-import os
-import socket
-import traceback
-
-import pytest
+identical (a NaN on one rank skips the step on both); under FSDP2 (fully_shard) a PAL run equals one process on the global batch."""
 import torch
 from torch import nn
 
 import polyak
 
+from dist_helpers import spawn  # tests/dist_helpers.py
+
 STEPS = 32
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world, port, fn, args, results):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        try:
-            value = fn(rank, world, *args)
-        finally:
-            dist.destroy_process_group()
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        results.put((rank, True, buffer.getvalue()))
-    except BaseException:
-        results.put((rank, False, traceback.format_exc()))
-
-
-def _spawn(fn, args=(), world=2, timeout_s=120):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    procs = [context.Process(target=_rank_main, args=(r, world, port, fn, args, results), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        values = {}
-        for _ in range(world):
-            rank, ok, value = results.get(timeout=timeout_s)  # queue.Empty after the timeout: a hang
-            assert ok, f"rank {rank} raised:\n{value}"
-            values[rank] = torch.load(io.BytesIO(value), weights_only=False)
-        return [values[r] for r in range(world)]
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
 
 
 def _model():
@@ -80,10 +31,12 @@ BUILDERS = {
 
 
 def _replicas(rank, world):
-    return {name: _replica(rank, name) for name in sorted(BUILDERS)}
+    runs = {name: _replica(rank, name) for name in sorted(BUILDERS)}
+    runs.update({f"{name}-nan": _replica(rank, name, nan_at=3) for name in sorted(BUILDERS)})
+    return runs
 
 
-def _replica(rank, name):
+def _replica(rank, name, nan_at=None):
     model = nn.parallel.DistributedDataParallel(_model())
     opt = BUILDERS[name](model.parameters())
     calls = 0
@@ -93,7 +46,8 @@ def _replica(rank, name):
         def closure(x=x, y=y):
             nonlocal calls
             calls += 1
-            return nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(model(x), y)
+            return loss * float("nan") if step == nan_at and rank == 1 else loss  # one rank's loss only
 
         if name == "l4":
             opt.zero_grad()
@@ -102,16 +56,19 @@ def _replica(rank, name):
             opt.step(loss=loss)
         else:
             opt.step(closure)
-    return {"params": [p.detach().clone() for p in model.parameters()], "calls": calls, "updates": opt.global_state["step"]}
+    return {"params": [p.detach().clone() for p in model.parameters()], "calls": calls, "updates": opt.global_state["step"],
+            "skipped": opt.skipped_steps}
 
 
 def test_replicas_stay_identical_with_different_data_per_rank():
     # one spawn for the four optimizers: starting ranks is the expensive part
-    ranks = _spawn(_replicas, timeout_s=240)
+    ranks = spawn(_replicas, timeout_s=240)
     start = [p.detach() for p in _model().parameters()]
-    for name in sorted(BUILDERS):
+    for name in sorted(ranks[0]):
         first, second = ranks[0][name], ranks[1][name]
         assert first["calls"] == second["calls"] and first["updates"] == second["updates"] > 5, name
+        # a NaN on one rank makes both ranks skip that step, and nobody hangs
+        assert first["skipped"] == second["skipped"] == (1 if name.endswith("-nan") else 0), name
         for p, q in zip(first["params"], second["params"]):
             assert torch.equal(p, q), name
         assert any(not torch.equal(p, s) for p, s in zip(first["params"], start)), name
@@ -133,7 +90,7 @@ def _fsdp_pal(rank, world):
 
 
 def test_fsdp2_pal_equals_one_process_on_the_global_batch():
-    first, second = _spawn(_fsdp_pal)
+    first, second = spawn(_fsdp_pal, timeout_s=120)
     model = _model()
     opt = polyak.PAL(model.parameters(), momentum=0.4)
     for step in range(20):

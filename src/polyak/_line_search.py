@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
-from ._base import GLOBAL_STATE, PolyakBase
+from ._base import GLOBAL_STATE, PolyakBase, check_positive
 from ._closure import ClosureError, ProbeClosure
 from .functional import copy_all_, real_views
 
@@ -135,33 +135,43 @@ def global_dot(optimizer: PolyakBase, xs: Sequence[Tensor], ys: Sequence[Tensor]
     )
 
 
-def group_lrs(optimizer: PolyakBase) -> List[Any]:
-    """The ``lr`` of the group of each parameter that has a gradient, in the order of
-    ``_params_with_grad`` flattened."""
-    return [group["lr"] for group, ps in zip(optimizer.param_groups, optimizer._params_with_grad()) for _ in ps]
+def groups_of(optimizer: PolyakBase, params: Optional[Sequence[Tensor]] = None) -> List[Dict[str, Any]]:
+    """The param group of each parameter: of ``params``, or of every parameter that has
+    a gradient in the order of ``_params_with_grad`` flattened."""
+    if params is None:
+        return [group for group, ps in zip(optimizer.param_groups, optimizer._params_with_grad()) for _ in ps]
+    owner = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    return [owner[id(p)] for p in params]
 
 
-def step_along_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor], step, lrs: List[Any]) -> None:
-    """p <- p - lr * step * d, with each parameter's group ``lr`` (the multiplier on
-    the final step); one multi-tensor update when every lr is 1."""
-    if all(isinstance(lr, (int, float)) and lr == 1.0 for lr in lrs):
-        F.sgd_step_(params, directions, F.as_scalar(step), foreach=optimizer.foreach)
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == 1.0
+
+
+def plain_update(groups: Sequence[Dict[str, Any]]) -> bool:
+    """True when every group has lr 1 and no weight decay: the update is the search's own point."""
+    return all(_is_one(g["lr"]) and g.get("weight_decay", 0.0) == 0.0 for g in groups)
+
+
+def update_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor], step, groups: Sequence[Dict[str, Any]]) -> None:
+    """The final update of a line search, group by group:
+    ``p <- p - lr * step * (d + weight_decay * p)`` (decoupled weight decay on the
+    pre-update weights, as torch's SGD/AdamW apply it; ``lr`` the multiplier on the
+    final step). One multi-tensor update when every group is plain."""
+    foreach = optimizer.foreach
+    if plain_update(groups):
+        F.sgd_step_(params, directions, F.as_scalar(step), foreach=foreach)
         return
-    for lr in {id(lr): lr for lr in lrs}.values():
-        chosen = [i for i, other in enumerate(lrs) if other is lr]
-        F.sgd_step_([params[i] for i in chosen], [directions[i] for i in chosen], F.as_scalar(step * lr),
-                    foreach=optimizer.foreach)
+    for group in {id(g): g for g in groups}.values():
+        chosen = [i for i, other in enumerate(groups) if other is group]
+        ps, ds = [params[i] for i in chosen], [directions[i] for i in chosen]
+        scaled = F.as_scalar(step * group["lr"]) if not _is_one(group["lr"]) else F.as_scalar(step)
+        F.decoupled_weight_decay_(ps, scaled, group.get("weight_decay", 0.0), foreach=foreach)
+        F.sgd_step_(ps, ds, scaled, foreach=foreach)
 
 
-def refuse_weight_decay(owner: str, weight_decay: Any) -> None:
-    """The line searches and L4 take no weight decay: a decay outside the search would
-    move the parameters off the point whose loss the search measured, and one inside
-    the loss is the user's to add (``loss + 0.5 * wd * ||w||^2`` in the closure)."""
-    if weight_decay != 0:
-        raise ValueError(
-            f"{owner} cannot honour weight_decay={weight_decay!r}: its step is chosen from measured losses, "
-            "so add the decay to the loss you return (loss + 0.5 * weight_decay * sum of squared weights) instead"
-        )
+def check_weight_decay(group: Dict[str, Any]) -> None:
+    check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
 
 
 def begin_line_search(optimizer: PolyakBase, closure, loss, evaluates: str):

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_in_range, check_positive
-from ._line_search import compute_views, global_dot, global_loss, global_sq_norm, refuse_weight_decay
+from ._line_search import check_weight_decay, compute_views, global_dot, global_loss, global_sq_norm
 from ._registry import OptimizerSpec, register
 
 L4_BASES = ("adam", "momentum")
@@ -115,7 +115,8 @@ class L4(PolyakBase):
         betas: EMA decays of the gradient (also g_hat's) and, for Adam, of its square.
         adam_eps: added to sqrt(s_hat) in Adam's direction (1e-4 as in the authors' code).
         eps: added to v . g_hat (1e-12).
-        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        weight_decay: decoupled, per group: ``w <- w - lr * eta * (v + weight_decay * w)``
+            (AdamW's form with L4's step eta; 0 by default, not in the paper).
         lr: multiplier on the step, per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`. A NaN/inf loss or
             gradient skips the step and leaves parameters and every buffer bit-identical.
@@ -134,7 +135,7 @@ class L4(PolyakBase):
         opt.step(loss=loss)
     """
 
-    group_keys = frozenset({"fraction", "betas", "adam_eps"})
+    group_keys = frozenset({"fraction", "betas", "adam_eps", "weight_decay"})
     mode_keys = frozenset({"base"})  # Adam's second moment exists only for base="adam"
 
     def __init__(
@@ -157,12 +158,12 @@ class L4(PolyakBase):
         loss_is_global: bool = False,
     ):
         check_choice("base", base, L4_BASES)
-        refuse_weight_decay("L4", weight_decay)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
         check_in_range("gamma", gamma, 0.0, 1.0)
         check_in_range("init_factor", init_factor, 0.0, 1.0, high_inclusive=True)
         check_positive("min_loss_forget_time", min_loss_forget_time, fix="The authors use 1000 (steps).")
         check_positive("eps", eps, fix="It keeps the step finite when v . g_hat vanishes (1e-12).")
-        defaults = dict(fraction=fraction, betas=betas, adam_eps=adam_eps)
+        defaults = dict(fraction=fraction, betas=betas, adam_eps=adam_eps, weight_decay=weight_decay)
         _check_group(defaults)
         # Loss-level constants: one loss, one L_min for all groups.
         defaults.update(base=base, gamma=float(gamma), init_factor=float(init_factor),
@@ -173,6 +174,7 @@ class L4(PolyakBase):
     def _check_group(self, group) -> None:
         super()._check_group(group)
         _check_group(group, " (param group)")
+        check_weight_decay(group)
 
     base = property(lambda self: self._setting("base"))
     gamma = property(lambda self: self._setting("gamma"))
@@ -243,7 +245,9 @@ class L4(PolyakBase):
             eta = group["lr"] * l4_step_size(loss, min_loss, inner_product, group["fraction"], self.gamma, self.eps)
             self._record_step(group, eta, eta, torch.zeros((), dtype=torch.bool, device=eta.device))
             if params:
-                F.sgd_step_(compute_views(params), v, F.as_scalar(eta), foreach=self.foreach)
+                views = compute_views(params)
+                F.decoupled_weight_decay_(views, F.as_scalar(eta), group["weight_decay"], foreach=self.foreach)
+                F.sgd_step_(views, v, F.as_scalar(eta), foreach=self.foreach)
         state["min_loss"] = min_loss * (1.0 + 1.0 / self.min_loss_forget_time)
         state["step"] = step
         return loss

@@ -112,8 +112,7 @@ from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._closure import ProbeClosure
 from ._line_search import (
-    Rollback, StartPoint, compute_views, global_dot, global_loss, global_sq_norm, group_lrs, refuse_weight_decay,
-    step_along_,
+    Rollback, StartPoint, check_weight_decay, compute_views, global_dot, global_loss, global_sq_norm, groups_of, update_,
 )
 from ._registry import OptimizerSpec, register
 from .parabola import parabola_exact, parabola_reference
@@ -224,7 +223,9 @@ class LABPAL(PolyakBase):
         batch_schedule: ((fraction of total_steps, inferences per update), ...) starting at fraction 0.
         untrusted_updates: updates after which measurements are averaged (paper: 400).
         average_over: trusted measurements averaged (paper: 25).
-        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        weight_decay: decoupled, per group: every update is
+            ``w <- w - lr * rate * (d + weight_decay * w)`` with rate the learning rate
+            applied to d (lambda, or s/||d_t|| for NSGD); measurements measure without it.
         lr: multiplier on every update (after the clip), per group, for LR schedulers;
             the measurement itself is unaffected.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
@@ -243,6 +244,7 @@ class LABPAL(PolyakBase):
     """
 
     mode_keys = frozenset({"mode"})
+    group_keys = frozenset({"weight_decay"})  # the only setting that can differ per group (besides lr)
 
     def __init__(
         self,
@@ -284,12 +286,13 @@ class LABPAL(PolyakBase):
         batch_schedule = self._checked_schedule(batch_schedule)
         check_int("untrusted_updates", untrusted_updates, 0)
         check_int("average_over", average_over, 1)
-        refuse_weight_decay("LABPAL", weight_decay)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
         defaults = dict(
             mode=mode, approx_batches=approx_batches, reuse_steps=reuse_steps, alpha=float(alpha),
             max_step=float(max_step), momentum=float(momentum), measure_points=measure_points, fit=fit,
             total_steps=total_steps, noise_factor=(128.0 / batch_size) * (dataset_size / 40000.0),
             batch_schedule=batch_schedule, untrusted_updates=untrusted_updates, average_over=average_over,
+            weight_decay=weight_decay,
         )
         super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
                          process_group=process_group, loss_is_global=loss_is_global)
@@ -317,6 +320,7 @@ class LABPAL(PolyakBase):
     # ------------------------------------------------------------- checking
     def _check_group(self, group: Dict[str, Any]) -> None:
         super()._check_group(group)
+        check_weight_decay(group)
         coarse = sorted({str(p.dtype) for p in group["params"] if p.dtype in _TOO_COARSE})
         if coarse:
             raise ValueError(
@@ -358,10 +362,6 @@ class LABPAL(PolyakBase):
         return entries
 
     # ------------------------------------------------------------- observing
-    @property
-    def _group_of(self) -> Dict[int, Dict[str, Any]]:
-        return {id(p): group for group in self.param_groups for p in group["params"]}
-
     @property
     def _s(self) -> LabpalState:
         return self.global_state[_STATE]
@@ -436,7 +436,7 @@ class LABPAL(PolyakBase):
             step = torch.where(norm > 0, st.update_step / norm, torch.zeros_like(norm))
         else:
             step = torch.tensor(st.learning_rate, dtype=torch.float64)
-        step_along_(self, params, directions, step, group_lrs(self))
+        update_(self, params, directions, step, groups_of(self))
         self._record_update(step)
         return loss
 
@@ -600,8 +600,7 @@ class LABPAL(PolyakBase):
         moved = st.measured
         if moved:  # lr multiplies the update, not the measurement
             F.copy_all_(views, base, self.foreach)
-            lrs = [self._group_of[id(p)]["lr"] for p in params]
-            step_along_(self, views, directions, st.update_step / norm, lrs)
+            update_(self, views, directions, st.update_step / norm, groups_of(self, params))
         for p in params:
             d = self.state[p].pop("direction")
             if moved and self.momentum > 0:

@@ -58,8 +58,8 @@ from torch import Tensor
 from . import functional as F
 from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, global_dot, global_loss, global_sq_norm, group_lrs, refuse_weight_decay,
-    step_along_,
+    Rollback, StartPoint, begin_line_search, check_weight_decay, global_dot, global_loss, global_sq_norm, groups_of,
+    update_,
 )
 from ._registry import OptimizerSpec, register
 from .parabola import parabolic_update_step
@@ -82,7 +82,9 @@ class PAL(PolyakBase):
         max_step: s_max, the largest distance moved along the unit direction, applied
             after ``update_factor`` (paper: 3.16); None disables it.
         momentum: beta, direction adaptation d <- beta*d + g (paper: 0.4; 0 uses d = g).
-        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        weight_decay: decoupled, per group: the final update is
+            ``w <- w0 - lr * (s/||d||) * (d + weight_decay * w0)`` (the search itself
+            measures the loss without it).
         lr: multiplier on the final step (after the clip), per group, for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; a non-finite loss,
             gradient, slope or curvature is such a case.
@@ -104,6 +106,8 @@ class PAL(PolyakBase):
         opt.step(closure)
     """
 
+    group_keys = frozenset({"weight_decay"})  # the only setting that can differ per group (besides lr)
+
     def __init__(
         self,
         params,
@@ -123,14 +127,19 @@ class PAL(PolyakBase):
         check_positive("update_factor", update_factor, fix="It multiplies the parabola's minimum (paper: 1/0.6).")
         check_positive("max_step", max_step, allow_none=True, fix="It caps the distance moved per step (paper: 3.16).")
         check_in_range("momentum", momentum, 0.0, 1.0)
-        refuse_weight_decay("PAL", weight_decay)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
         defaults = dict(
             measuring_step=float(measuring_step), update_factor=float(update_factor),
             max_step=None if max_step is None else float(max_step), momentum=float(momentum),
+            weight_decay=weight_decay,
         )
         super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
                          process_group=process_group, loss_is_global=loss_is_global)
         self._start_point = StartPoint(foreach)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        check_weight_decay(group)
 
     # ONE line search over all groups: every search constant is optimizer-wide
     measuring_step = property(lambda self: self._setting("measuring_step"))
@@ -186,7 +195,7 @@ class PAL(PolyakBase):
         learning_rate = update_step / direction_norm
         # From the saved start point: one rounding per entry (see the module docstring).
         F.copy_all_(params, start_points, self.foreach)
-        step_along_(self, params, directions, learning_rate, group_lrs(self))
+        update_(self, params, directions, learning_rate, groups_of(self))
 
         if self.momentum > 0:
             for p, d in zip(originals, directions):

@@ -73,7 +73,9 @@ from torch import Tensor
 
 from . import functional as F
 from ._base import PolyakBase, check_choice, check_in_range, check_int, check_positive
-from ._line_search import Rollback, StartPoint, begin_line_search, global_loss, group_lrs, refuse_weight_decay, step_along_
+from ._line_search import (
+    Rollback, StartPoint, begin_line_search, check_weight_decay, global_loss, groups_of, plain_update, update_,
+)
 from ._registry import OptimizerSpec, register
 
 CONDITIONS = ("armijo", "goldstein")
@@ -126,7 +128,9 @@ class SLS(PolyakBase):
             authors' "SLS Polyak" uses 0.6).
         grow_factor: Goldstein's growth when only Armijo holds (reference: 2).
         max_tries: the most trial forwards of one search (reference: 100).
-        weight_decay: must be 0 (see :func:`polyak._line_search.refuse_weight_decay`).
+        weight_decay: decoupled, per group: the update is
+            ``w <- w0 - lr * eta * (g + weight_decay * w0)`` with eta the accepted step
+            size (the search itself measures the loss without it).
         lr: multiplier on the final step, per group (the search itself uses lr 1), for LR schedulers.
         nonfinite, foreach: see :class:`polyak._base.PolyakBase`; checked on the loss
             and gradient at the start point (a NaN trial loss just fails its trial).
@@ -146,6 +150,7 @@ class SLS(PolyakBase):
     """
 
     mode_keys = frozenset({"condition"})
+    group_keys = frozenset({"weight_decay"})  # the only setting that can differ per group (besides lr)
 
     def __init__(
         self,
@@ -194,18 +199,22 @@ class SLS(PolyakBase):
         if not (isinstance(grow_factor, (int, float)) and not isinstance(grow_factor, bool) and math.isfinite(grow_factor) and grow_factor > 1):
             raise ValueError(f"grow_factor must be a finite number > 1 (Goldstein's growth, reference: 2), got {grow_factor!r}")
         check_int("max_tries", max_tries, 1, "It is the most trial forwards per search (reference: 100).")
-        refuse_weight_decay("SLS", weight_decay)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
         defaults = dict(
             condition=condition, init_step_size=float(init_step_size), c=float(c), beta=float(beta), gamma=float(gamma),
             reset=int(reset), eta_max=None if eta_max is None else float(eta_max),
             n_batches_per_epoch=int(n_batches_per_epoch), momentum=float(momentum), grow_factor=float(grow_factor),
-            max_tries=int(max_tries),
+            max_tries=int(max_tries), weight_decay=weight_decay,
         )
         super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
                          process_group=process_group, loss_is_global=loss_is_global)
         self.global_state["search_step_size"] = self.init_step_size
         self.global_state["trials"] = 0
         self._start_point = StartPoint(foreach)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        check_weight_decay(group)
 
     # ONE search over all groups: every search constant is optimizer-wide
     condition = property(lambda self: self._setting("condition"))
@@ -244,10 +253,10 @@ class SLS(PolyakBase):
         if math.sqrt(grad_sq_norm) >= _MIN_GRAD_NORM:
             search = self._armijo if self.condition == "armijo" else self._goldstein
             step_size, applied, trials = search(probe, params, grads, start_points, loss_value, grad_sq_norm, step_size)
-            lrs = group_lrs(self)
-            if any(not (isinstance(lr, (int, float)) and lr == 1.0) for lr in lrs):  # lr multiplies the final step
+            groups = groups_of(self)
+            if not plain_update(groups):  # lr and weight decay change the final update, not the search
                 F.copy_all_(params, start_points, self.foreach)
-                step_along_(self, params, grads, applied, lrs)
+                update_(self, params, grads, applied, groups)
         if self.momentum > 0:  # after the last trial: the buffers change in place (see Rollback)
             originals = [p for ps in self._params_with_grad() for p in ps]
             self._add_momentum(originals, params, start_points)
