@@ -114,8 +114,6 @@ def test_timm_groups_give_the_step_of_the_same_groups_built_directly(registry):
 def test_what_an_optimizer_cannot_honour_is_refused(registry):
     with pytest.raises(ValueError, match="weight_decay=0.05"):
         registry.create(tiny_model(), "dfw", weight_decay=0.05)
-    with pytest.raises(ValueError, match="weight_decay=0.05"):
-        registry.create(tiny_model(), "pal", weight_decay=0.05)
     optimizer = registry.create(tiny_model(), "pal", lr=0.5)  # the step multiplier, which timm schedules
     assert optimizer.param_groups[0]["lr"] == 0.5
 

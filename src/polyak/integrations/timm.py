@@ -12,8 +12,8 @@ What timm passes and what becomes of it:
 
 - ``weight_decay``: timm splits the model into a decayed group and a group of
   biases and norm weights without decay. Optimizers whose param groups take
-  ``weight_decay`` (ALI-G, ALI-G+, SPS) get both groups as they are; for the
-  others the groups lose the key where it is 0, and a non-zero decay is refused.
+  ``weight_decay`` (all but DFW) get both groups as they are; for DFW the groups
+  lose the key where it is 0, and a non-zero decay is refused.
 - ``lr``: polyak's ``lr`` is a multiplier on the step (1.0 by default) that timm's
   schedulers drive; a warm-up or decay then scales the Polyak step (or the line
   search's step), so leave it at 1.0 unless that is what you want.

@@ -29,7 +29,7 @@ micro-batch is handed over from ``training_step``. The one line a user changes::
   for token-level logits, labels -100 ignored; pass your own for a causal LM,
   whose labels must be shifted).
 - ``weight_decay`` of the TrainingArguments goes to the optimizer's param groups
-  where it has weight decay (ALI-G+); for the others it must be 0 (an error
+  where it has weight decay (all but DFW); for DFW it must be 0 (an error
   otherwise, never silently ignored).
 """
 from __future__ import annotations
