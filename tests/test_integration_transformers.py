@@ -56,12 +56,13 @@ def arguments(tmp_path, **kwargs):
     return transformers.TrainingArguments(**options)
 
 
-def plain_loop(model, optimizer, per_sample, max_grad_norm, steps, data):
+def plain_loop(model, optimizer, per_sample, max_grad_norm, steps, data, token_sum=True):
     """The plain loop of the Trainer's loss, through the README's step(loss=) rather than
-    the hand-over. A language model (it takes num_items_in_batch) sums token losses over
-    the window and divides by the window's label count; ALI-G+'s per-sample losses are
-    averaged per micro-batch, each backpropagated divided by WINDOW. Per window: the
-    Trainer's clip, a step, its default (linear, no warm-up) schedule."""
+    the hand-over. A language model (it takes num_items_in_batch, ``token_sum``) sums
+    token losses over the window and divides by the window's label count; otherwise each
+    micro-batch mean (ALI-G+: of the per-sample losses) is backpropagated divided by
+    WINDOW and the window's loss is their mean. Per window: the Trainer's clip, a step,
+    its default (linear, no warm-up) schedule."""
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 0, steps)
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH, collate_fn=transformers.default_data_collator)
     micro_batches = list(loader)
@@ -76,10 +77,14 @@ def plain_loop(model, optimizer, per_sample, max_grad_norm, steps, data):
                 labels = batch.pop("labels")
                 losses.append(per_example_cross_entropy(model(**batch), labels))
                 (losses[-1].mean() / WINDOW).backward()
-            else:
+            elif token_sum:
                 loss = model(**batch, num_items_in_batch=torch.tensor(count)).loss
                 loss.backward()
                 window_loss = window_loss + loss.detach()
+            else:
+                loss = model(**batch).loss
+                (loss / WINDOW).backward()
+                window_loss = window_loss + loss.detach() / WINDOW
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         if per_sample:
@@ -121,6 +126,23 @@ def test_polyak_trainer_equals_plain_loop(name, tmp_path):
     plain_loop(reference, optimizer, per_sample, trainer.args.max_grad_norm, steps, data())
     assert max_difference(trainer.model, reference) < 1e-6
     assert trainer.optimizer.param_groups[0]["step_size"] > 0  # it moved
+
+
+def test_a_model_that_ignores_num_items_in_batch_with_hf_switch(tmp_path):
+    """BertForSequenceClassification takes **kwargs but ignores num_items_in_batch, so the
+    Trainer would backpropagate the SUM of the micro-batch means; HF's own switch
+    (model_accepts_loss_kwargs = False, documented) restores the mean, and the step follows."""
+    model = tiny_bert()
+    reference = copy.deepcopy(model)
+    kwargs = {"max_lr": 1.0, "momentum": 0.9}
+    trainer = PolyakTrainer(model=model, args=arguments(tmp_path), train_dataset=examples(),
+                            optimizer_cls_and_kwargs=(polyak.ALIG, kwargs))
+    trainer.model_accepts_loss_kwargs = False
+    trainer.train()
+    optimizer = polyak.ALIG(reference.parameters(), **kwargs)
+    plain_loop(reference, optimizer, False, trainer.args.max_grad_norm, SAMPLES // BATCH // WINDOW, examples(),
+               token_sum=False)
+    assert max_difference(trainer.model, reference) < 1e-6
 
 
 def test_weight_decay_refused_where_the_optimizer_has_none(tmp_path):
