@@ -6,9 +6,6 @@ import torch.nn.functional as F
 import polyak
 
 accelerate = pytest.importorskip("accelerate", reason="accelerate is a test extra: pip install -e '.[test]'")
-pytestmark = pytest.mark.skipif(
-    not hasattr(polyak.ALIG, "add_loss"), reason="needs the loss channel (opt.add_loss) of the step-anatomy issue"
-)
 
 from polyak.integrations.accelerate import add_loss  # noqa: E402
 

@@ -1,6 +1,5 @@
 """PyTorch Lightning: every trajectory equals the plain PyTorch loop written in
 tests/integration_helpers.py (bit-identical where the arithmetic is the same)."""
-import copy
 import warnings
 
 import pytest
@@ -10,9 +9,6 @@ import torch.nn.functional as F
 import polyak
 
 pl = pytest.importorskip("pytorch_lightning", reason="pytorch-lightning is a test extra: pip install -e '.[test]'")
-pytestmark = pytest.mark.skipif(
-    not hasattr(polyak.ALIG, "add_loss"), reason="needs the loss channel (opt.add_loss) of the step-anatomy issue"
-)
 
 from polyak.integrations import add_loss  # noqa: E402
 from polyak.integrations.lightning import LineSearchModule, PolyakCallback  # noqa: E402

@@ -3,7 +3,6 @@
 GradScaler multiplies the loss by a power of two before backward and divides the
 gradients by it before the step, so the unscaled gradients equal the unscaled
 backward bit for bit: a scaled step must equal the plain step exactly."""
-import copy
 
 import pytest
 import torch
@@ -12,10 +11,6 @@ import torch.nn.functional as F
 import polyak
 
 from integration_helpers import batches, max_difference, tiny_data, tiny_model
-
-needs_channel = pytest.mark.skipif(
-    not hasattr(polyak.ALIG, "add_loss"), reason="needs the loss channel (opt.add_loss) of the step-anatomy issue"
-)
 
 MAKERS = {
     "alig": lambda p: polyak.ALIG(p, max_lr=None),
@@ -38,8 +33,6 @@ def plain_run(make, data):
 @pytest.mark.parametrize("hand_over", [False, True], ids=["step-loss", "add_loss"])
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_grad_scaler_step_equals_unscaled_step(name, hand_over):
-    if hand_over and not hasattr(polyak.ALIG, "add_loss"):
-        pytest.skip("needs the loss channel (opt.add_loss) of the step-anatomy issue")
     data = batches(tiny_data(), 8)
     reference, plain = plain_run(MAKERS[name], data)
     model = tiny_model()
@@ -60,7 +53,6 @@ def test_grad_scaler_step_equals_unscaled_step(name, hand_over):
     assert optimizer.param_groups[0]["step_size"] == plain.param_groups[0]["step_size"]
 
 
-@needs_channel
 def test_grad_scaler_skipped_step_leaves_no_stale_loss():
     """An overflow makes GradScaler skip the step; the losses handed over for that
     window must not leak into the next step (the optimizer takes GradScaler's found_inf

@@ -8,9 +8,6 @@ import torch
 import polyak
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[test]'")
-pytestmark = pytest.mark.skipif(
-    not hasattr(polyak.ALIG, "add_loss"), reason="needs the loss channel (opt.add_loss) of the step-anatomy issue"
-)
 
 from polyak.integrations.transformers import PolyakTrainer, per_example_cross_entropy  # noqa: E402
 
