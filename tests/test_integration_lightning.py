@@ -218,8 +218,11 @@ class LinearLineSearch(LineSearchModule):
         return self.make_optimizer(self.net.parameters())
 
 
-@pytest.mark.parametrize("make", [lambda p: polyak.PAL(p), lambda p: polyak.SLS(p, n_batches_per_epoch=16)],
-                         ids=["pal", "sls"])
+@pytest.mark.parametrize("make", [
+    lambda p: polyak.PAL(p),
+    lambda p: polyak.SLS(p, n_batches_per_epoch=16),
+    lambda p: polyak.LABPAL(p, total_steps=16, batch_size=BATCH, dataset_size=64, approx_batches=2, reuse_steps=3),
+], ids=["pal", "sls", "labpal"])
 def test_line_search_module_equals_plain_loop(make):
     dataset = tiny_data()
     module = LinearLineSearch(make)
