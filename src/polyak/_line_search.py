@@ -99,6 +99,25 @@ def compute_views(tensors: List[Tensor]) -> List[Tensor]:
     return real_views([D.local_part(t) for t in tensors])
 
 
+def compute_view(tensor: Tensor) -> Tensor:
+    return compute_views([tensor])[0]
+
+
+def state_form(param: Tensor, value: Tensor) -> Tensor:
+    """A tensor computed on :func:`compute_view` of ``param``, shaped like ``param`` for
+    the optimizer state (complex for a complex parameter, a DTensor with the
+    parameter's placements for a sharded one), as torch.optim keeps its state, so that
+    checkpoints (torch.distributed.checkpoint included) see what they expect."""
+    if param.is_complex():
+        value = torch.view_as_complex(value)
+    if D.is_sharded(param):
+        from torch.distributed.tensor import DTensor
+
+        value = DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
+                                   shape=param.shape, stride=param.stride())
+    return value
+
+
 def global_loss(optimizer: PolyakBase, loss: Tensor) -> Tensor:
     """A probe loss as every rank sees it: the mean over the ranks of the
     optimizer's process group (unchanged in a single process or with
