@@ -5,8 +5,9 @@ With the protocol, ``GradScaler.step`` still runs ``_check_inf_per_device``, i.e
 same ``torch._amp_foreach_non_finite_check_and_unscale_`` kernel over every gradient,
 only with inv_scale = 1.0 instead of 1/scale. This script times that kernel both ways
 on 12.6M float32 gradients (the size of benchmarks/step_overhead.py), one thread,
-median of repeats. Equal times mean the protocol saves nothing: the optimizer would
-fold 1/scale into its step for no gain, so polyak does not declare it.
+median of repeats. The check-only kernel skips the multiply and the write back, so the
+protocol saves that half of the pass; ALIG, SPS and ALIGPlus declare it and fold 1/scale
+into their norm and update instead (tests/test_amp.py).
 
 Usage: python benchmarks/amp_unscale_pass.py [--out benchmarks/results/amp_unscale_pass.md]
 """
@@ -44,8 +45,9 @@ def main():
         "shared noisy machine.\n\n"
         f"| kernel | ms |\n|---|---|\n| unscale (inv_scale = 1/65536), what GradScaler.step runs today | {unscale * 1e3:.2f} |\n"
         f"| check only (inv_scale = 1.0), what it runs under _step_supports_amp_scaling | {check * 1e3:.2f} |\n\n"
-        f"ratio check / unscale: {check / unscale:.2f}. Both are one read and one write of every gradient, so "
-        "declaring the protocol would not remove a pass; polyak keeps the plain `scaler.step(opt, loss=loss)`.\n"
+        f"ratio check / unscale: {check / unscale:.2f}: the protocol saves the multiply and the write back of "
+        "every gradient, so ALIG, SPS and ALIGPlus declare `_step_supports_amp_scaling` and fold 1/scale into "
+        "their step. Usage stays `scaler.step(opt, loss=loss)` with the unscaled loss.\n"
     )
     if args.out:
         with open(args.out, "w") as fh:

@@ -225,3 +225,48 @@ def test_fsdp2_equals_single_process_on_the_global_batch(fsdp, name):
 
 def test_fsdp2_projection_uses_the_global_norm(fsdp):
     assert fsdp[0]["ball"] == pytest.approx(1.0, abs=1e-12) and fsdp[1]["ball"] == fsdp[0]["ball"]
+
+
+# --------------------------------------------------- in-process rules (no spawn)
+class _Mesh:
+    def __init__(self, *sizes):
+        self.sizes = sizes
+
+    def size(self, dim=None):
+        return math.prod(self.sizes) if dim is None else self.sizes[dim]
+
+
+class _Sharded:
+    def __init__(self, mesh, *placements):
+        self.device_mesh, self.placements = mesh, placements
+
+
+def test_replication_factor_counts_only_the_replicated_mesh_dimensions():
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    from polyak._distributed import replication_factor
+
+    assert replication_factor(_Sharded(_Mesh(4), Shard(0)), 4) == 1                    # FSDP2
+    assert replication_factor(_Sharded(_Mesh(2, 3), Replicate(), Shard(0)), 6) == 2    # HSDP: 2 replicas of 3 shards
+    with pytest.raises(ValueError, match="Partial"):
+        replication_factor(_Sharded(_Mesh(2), Partial()), 2)
+    with pytest.raises(ValueError, match="process_group"):
+        replication_factor(_Sharded(_Mesh(2), Shard(0)), 4)
+
+
+def test_fingerprint_check_raises_only_when_ranks_differ():
+    from polyak._distributed import check_fingerprints, fingerprint
+
+    a, b = fingerprint([("max_lr", "0.1")]), fingerprint([("max_lr", "0.2")])
+    assert a != b and 1 <= a <= 2 ** 20
+    check_fingerprints(2 * a, 2 * a * a, 2, "ALIG")          # equal on both ranks
+    check_fingerprints(0.0, 0.0, 2, "ALIG")                  # not the first step
+    with pytest.raises(ValueError, match="different hyperparameters"):
+        check_fingerprints(a + b, a * a + b * b, 2, "ALIG")
+
+
+def test_nothing_is_reduced_without_torch_distributed():
+    from polyak._distributed import active_group
+
+    assert not torch.distributed.is_initialized()
+    assert active_group(None, False) is None

@@ -37,6 +37,13 @@ over the ranks (weighted by their sample counts), sharded gradient norms are sum
 over the shards, in one collective per step; ``process_group=`` chooses the group,
 ``loss_is_global=True`` says the loss handed over is already global.
 
+Mixed precision: with a GradScaler call ``scaler.step(opt, loss=loss)`` with the
+UNSCALED loss. ALIG, SPS and ALIGPlus declare torch's ``_step_supports_amp_scaling``:
+GradScaler then leaves the gradients scaled and the step folds 1/scale into its norm
+and update (one pass fewer, benchmarks/results/amp_unscale_pass.md) and skips on
+``found_inf``. Handing over the scaled loss (``scaler.scale(loss)``) multiplies the
+Polyak step by the scale; nothing can tell it from a large loss, so it is not detected.
+
 Optimizer-wide state (counters, ALI-G+ tables, line-search state machines) lives
 in ``self.state[GLOBAL_STATE]``: torch's ``state_dict()`` keeps non-parameter keys
 of ``self.state`` as they are, so it round-trips with everything else.
@@ -164,6 +171,8 @@ class StepScalars:
     below_bound: Any
     on_host: bool
     rank_counts: Optional[List[int]] = None
+    #: 1 / GradScaler's scale while the gradients are still scaled (see _amp_scale), else None
+    grad_factor: Any = None
 
 
 class PolyakBase(torch.optim.Optimizer):
@@ -186,6 +195,8 @@ class PolyakBase(torch.optim.Optimizer):
     mode_keys: FrozenSet[str] = frozenset()
     #: what step() reads from the loss; see LOSS_KINDS
     loss_kind: str = "scalar"
+    #: torch's GradScaler protocol: True where step() folds 1/scale in (see _amp_scale)
+    _step_supports_amp_scaling: bool = False
 
     def __init__(
         self, params, defaults: Dict[str, Any], *, lr: float = 1.0, nonfinite: str = "skip", foreach: bool = True,
@@ -530,6 +541,11 @@ class PolyakBase(torch.optim.Optimizer):
         values = batch.values
         count = float(values.numel())
         device = (plain if plain is not None else sharded).device
+        inv_scale, found_inf = self._amp_scale()
+        if inv_scale is not None:   # GradScaler's gradients are scale * g: ||g||^2 = ||scale g||^2 / scale^2
+            factor = (inv_scale * inv_scale).to(device)
+            plain = None if plain is None else plain * factor.to(plain.dtype)
+            sharded = None if sharded is None else sharded * factor.to(sharded.dtype)
         if group is None:
             if self._on_host(device):
                 if count == 1:
@@ -538,14 +554,19 @@ class PolyakBase(torch.optim.Optimizer):
                     loss_sum = values.sum(dtype=torch.float64).item() if count else 0.0
                 gsq = plain.item()
                 finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
+                finite = finite and (found_inf is None or found_inf.item() == 0)
                 below = False
                 if finite and lower_bound is not None:
                     below = loss_sum < lower_bound if count == 1 else bool((values < lower_bound).any())
-                return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True)
+                return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True,
+                                   grad_factor=None if inv_scale is None else inv_scale.item())
             loss_sum = values.sum()
             finite = torch.isfinite(loss_sum) & torch.isfinite(plain) & (count > 0)
+            if found_inf is not None:
+                finite = finite & (found_inf.to(device) == 0).reshape(())
             below = (values < lower_bound).any() if lower_bound is not None else torch.zeros((), dtype=torch.bool, device=device)
-            return StepScalars(loss_sum / max(count, 1.0) if count else loss_sum * math.nan, loss_sum, plain, finite, count, below, False)
+            return StepScalars(loss_sum / max(count, 1.0) if count else loss_sum * math.nan, loss_sum, plain, finite, count,
+                               below, False, grad_factor=None if inv_scale is None else inv_scale.to(device).reshape(()))
 
         world = D.group_size(group)
         dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -559,7 +580,8 @@ class PolyakBase(torch.optim.Optimizer):
             values.sum(dtype=dtype).to(device) if contributes else zero,
             head[0],
             zero if sharded is None else sharded.to(device, dtype),
-            zero if plain is None else (~torch.isfinite(plain)).to(dtype),
+            (zero if plain is None else (~torch.isfinite(plain)).to(dtype))
+            + (0.0 if found_inf is None else found_inf.to(device, dtype).reshape(())),
             (values < lower_bound).sum().to(device, dtype) if lower_bound is not None and contributes else zero,
             head[1], head[2],
         ]
@@ -576,14 +598,26 @@ class PolyakBase(torch.optim.Optimizer):
             counts = [int(c) for c in reduced[7:]] if rank_counts else None
             gsq = plain.item() + sharded_sum
             finite = count > 0 and flag == 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
-            return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below > 0, True, counts)
+            return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below > 0, True, counts,
+                               None if inv_scale is None else inv_scale.item())
         if fp:  # the first step reads the fingerprints back: once per run
             D.check_fingerprints(*packed[5:7].tolist(), world, type(self).__name__)
         counts = [int(c) for c in packed[7:].tolist()] if rank_counts else None
         loss_sum, count, sharded_sum, flag, below = packed[:5].unbind()
         gsq = plain.to(dtype) + sharded_sum
         finite = (count > 0) & (flag == 0) & torch.isfinite(loss_sum) & torch.isfinite(gsq)
-        return StepScalars(loss_sum / count, loss_sum, gsq, finite, count, below > 0, False, counts)
+        return StepScalars(loss_sum / count, loss_sum, gsq, finite, count, below > 0, False, counts,
+                           None if inv_scale is None else inv_scale.to(device).reshape(()))
+
+    def _amp_scale(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(1 / scale, found_inf)`` while GradScaler.step runs this step under torch's
+        ``_step_supports_amp_scaling`` protocol (it sets ``grad_scale`` and ``found_inf``
+        on the optimizer): the gradients are still scaled, and the step folds 1/scale
+        into its norm and its update instead of a separate unscale pass. ``grad_scale``
+        is None after a user's ``scaler.unscale_(opt)`` (gradients already unscaled)."""
+        scale = self.__dict__.get("grad_scale")
+        found_inf = self.__dict__.get("found_inf")
+        return (None if scale is None else scale.double().reciprocal()), found_inf
 
     def _global_sq_norm(self, tensors: List[Tensor]) -> Tensor:
         """||x||^2 over ``tensors`` (parameters: ALI-G's ball), summed over the shards of
@@ -597,7 +631,7 @@ class PolyakBase(torch.optim.Optimizer):
 
     def _polyak_update(
         self, groups: List[List[Tensor]], gap, grad_sq_norm, delta: float, keep: Optional[Tensor], *,
-        max_lr: Callable[[Dict[str, Any]], Optional[float]], adjusted: bool = False,
+        max_lr: Callable[[Dict[str, Any]], Optional[float]], adjusted: bool = False, grad_factor=None,
     ) -> None:
         """The update of the ALI-G family, group by group: the clipped Polyak step with
         the group's ``max_lr``, times the group's ``lr`` (after the clip), through
@@ -614,7 +648,7 @@ class PolyakBase(torch.optim.Optimizer):
             buffers = self._momentum_buffers(params) if momentum > 0 else None
             F.alig_update_(
                 params, [p.grad for p in params], buffers, step, momentum, group.get("weight_decay", 0.0),
-                adjusted=adjusted, foreach=self.foreach, keep=keep,
+                adjusted=adjusted, foreach=self.foreach, keep=keep, grad_factor=grad_factor,
             )
 
     def _fingerprint_settings(self) -> Any:

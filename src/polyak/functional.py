@@ -260,10 +260,15 @@ def alig_update_(
     adjusted: bool = False,
     foreach: bool = True,
     keep: Optional[Tensor] = None,
+    grad_factor: Optional[Scalar] = None,
 ) -> None:
     """The ALI-G update, shared by ALIG, ALIGPlus, DFW and SPS (momentum 0):
     ``p <- p - step*(g + weight_decay*p)`` (the decay uses the pre-step weights), then
     the reference momentum of :func:`alig_momentum_step_` when ``buffers`` are given.
+
+    ``grad_factor``: the gradients are ``g / grad_factor`` (GradScaler's scaled
+    gradients): every gradient term takes ``step * grad_factor`` (not with
+    ``adjusted``, whose buffer accumulates raw gradients).
 
     ``keep``: a 0-dim bool tensor (the branch-free skip of the tensor path): where it
     is False the parameters and buffers keep their old values exactly, even when the
@@ -274,10 +279,13 @@ def alig_update_(
     protected = params + (buffers or [])
     saved = [t.clone() for t in protected] if keep is not None else None
     decoupled_weight_decay_(params, step, weight_decay, foreach=foreach)
+    grad_step = step if grad_factor is None else step * grad_factor
     if buffers is not None and momentum > 0:
-        alig_momentum_step_(params, grads, buffers, step, momentum, adjusted=adjusted, foreach=foreach)
+        if adjusted and grad_factor is not None:
+            raise ValueError("adjusted momentum accumulates raw gradients: it cannot take scaled ones")
+        alig_momentum_step_(params, grads, buffers, grad_step, momentum, adjusted=adjusted, foreach=foreach)
     else:
-        sgd_step_(params, grads, step, foreach=foreach)
+        sgd_step_(params, grads, grad_step, foreach=foreach)
     if saved is not None:
         keep_where_(keep, protected, saved)
 
