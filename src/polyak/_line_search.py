@@ -135,9 +135,12 @@ def _global_sum(optimizer: PolyakBase, partial, originals: Sequence[Tensor]) -> 
     if not sharded:
         return partial(range(len(originals)))
     group = D.active_group(optimizer.process_group, False)
-    shares = [partial([i]) for i in sharded]
-    share = D.sharded_partial(shares, [originals[i] for i in sharded], group)
-    total = D.all_reduce_sum_(share.reshape(1).to(torch.float64).clone(), group)[0]
+    world = D.group_size(group)
+    by_factor: Dict[int, List[int]] = {}
+    for i in sharded:  # ranks holding the same shard (HSDP replicas) share its sum
+        by_factor.setdefault(D.replication_factor(originals[i], world), []).append(i)
+    share = sum(partial(indices).to(torch.float64) / factor for factor, indices in by_factor.items())
+    total = D.all_reduce_sum_(share.reshape(1).clone(), group)[0]
     plain = [i for i, t in enumerate(originals) if not D.is_sharded(t)]
     return total if not plain else total + partial(plain).to(total.device, torch.float64)
 
