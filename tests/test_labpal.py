@@ -501,6 +501,7 @@ def test_a_complex_parameter_steps_as_its_real_view(mode):
         on_real.step(lambda i=i: loss_of_real(w, i))
     assert on_real.global_state["step"] >= 3
     assert_same_trajectory(z, w)
+    assert on_complex.state[z]["momentum_buffer"].dtype == z.dtype  # shaped like the parameter
 
 
 @pytest.mark.parametrize("mode", ["nsgd", "sgd"])

@@ -86,6 +86,9 @@ def _fsdp_pal(rank, world):
         x, y = _batch(step, 0, size=32)
         half = slice(16 * rank, 16 * (rank + 1))  # each rank half of the global batch
         opt.step(lambda x=x[half], y=y[half]: nn.functional.cross_entropy(model(x), y))
+    directions = [opt.state[p]["direction"] for p in model.parameters()]
+    # the state is sharded like the parameters (what torch.distributed.checkpoint expects)
+    assert all(d.placements == p.placements and d.shape == p.shape for d, p in zip(directions, model.parameters()))
     return [p.full_tensor().detach().clone() for p in model.parameters()]
 
 

@@ -338,3 +338,4 @@ def test_a_complex_parameter_steps_as_its_real_view():
         on_complex.step(lambda: loss_of_complex(z, i))
         on_real.step(lambda: loss_of_real(w, i))
     assert_same_trajectory(z, w)
+    assert on_complex.state[z]["direction"].dtype == z.dtype  # state shaped like the parameter, as in torch

@@ -386,3 +386,4 @@ def test_a_complex_parameter_steps_as_its_real_view(kwargs):
         on_complex.step(lambda: loss_of_complex(z, i))
         on_real.step(lambda: loss_of_real(w, i))
     assert_same_trajectory(z, w)
+    assert all(t.dtype == z.dtype for t in on_complex.state[z].values())  # shaped like the parameter

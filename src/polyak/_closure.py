@@ -9,9 +9,10 @@ direction. The user gives ``opt.step(closure)`` where::
 ``closure()`` computes the loss and returns it as a scalar floating-point tensor;
 it must NOT call ``backward()`` (the optimizer does, once) and must not draw a new
 batch (each ``step`` call gets its own closure). A closure may be re-evaluated
-after the training loop has moved on (LABPAL keeps a measurement's closures for
-several calls), so it must hold its own batch: ``lambda x=x, y=y: ...`` or
-``functools.partial``, never a lambda that reads the loop variables later. :class:`ProbeClosure` wraps such a
+after the training loop has moved on (LABPAL with k > 1 batches per update keeps
+the closures of a measurement's first k - 1 calls until its k-th), so it must
+hold its own batch: ``lambda x=x, y=y: ...`` or ``functools.partial``, never a
+lambda that reads the loop variables later. :class:`ProbeClosure` wraps such a
 closure and enforces the contract with :class:`ClosureError`.
 
 What a re-evaluation guarantees, so that the loss along the line differs only

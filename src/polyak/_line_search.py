@@ -99,6 +99,25 @@ def compute_views(tensors: List[Tensor]) -> List[Tensor]:
     return real_views([D.local_part(t) for t in tensors])
 
 
+def compute_view(tensor: Tensor) -> Tensor:
+    return compute_views([tensor])[0]
+
+
+def state_form(param: Tensor, value: Tensor) -> Tensor:
+    """A tensor computed on :func:`compute_view` of ``param``, shaped like ``param`` for
+    the optimizer state (complex for a complex parameter, a DTensor with the
+    parameter's placements for a sharded one), as torch.optim keeps its state, so that
+    checkpoints (torch.distributed.checkpoint included) see what they expect."""
+    if param.is_complex():
+        value = torch.view_as_complex(value)
+    if D.is_sharded(param):
+        from torch.distributed.tensor import DTensor
+
+        value = DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
+                                   shape=param.shape, stride=param.stride())
+    return value
+
+
 def global_loss(optimizer: PolyakBase, loss: Tensor) -> Tensor:
     """A probe loss as every rank sees it: the mean over the ranks of the
     optimizer's process group (unchanged in a single process or with
@@ -116,9 +135,12 @@ def _global_sum(optimizer: PolyakBase, partial, originals: Sequence[Tensor]) -> 
     if not sharded:
         return partial(range(len(originals)))
     group = D.active_group(optimizer.process_group, False)
-    shares = [partial([i]) for i in sharded]
-    share = D.sharded_partial(shares, [originals[i] for i in sharded], group)
-    total = D.all_reduce_sum_(share.reshape(1).to(torch.float64).clone(), group)[0]
+    world = D.group_size(group)
+    by_factor: Dict[int, List[int]] = {}
+    for i in sharded:  # ranks holding the same shard (HSDP replicas) share its sum
+        by_factor.setdefault(D.replication_factor(originals[i], world), []).append(i)
+    share = sum(partial(indices).to(torch.float64) / factor for factor, indices in by_factor.items())
+    total = D.all_reduce_sum_(share.reshape(1).clone(), group)[0]
     plain = [i for i, t in enumerate(originals) if not D.is_sharded(t)]
     return total if not plain else total + partial(plain).to(total.device, torch.float64)
 

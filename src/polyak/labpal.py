@@ -112,7 +112,8 @@ from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._closure import ProbeClosure
 from ._line_search import (
-    Rollback, StartPoint, check_weight_decay, compute_views, global_dot, global_loss, global_sq_norm, groups_of, update_,
+    Rollback, StartPoint, check_weight_decay, compute_view, compute_views, global_dot, global_loss, global_sq_norm,
+    groups_of, state_form, update_,
 )
 from ._registry import OptimizerSpec, register
 from .parabola import parabola_exact, parabola_reference
@@ -450,9 +451,9 @@ class LABPAL(PolyakBase):
         for p, g in zip(originals, grads):
             state = self.state[p]
             if st.accumulated == 0 or "grad_sum" not in state:
-                state["grad_sum"] = g.clone()
+                state["grad_sum"] = state_form(p, g.clone())
             else:
-                state["grad_sum"].add_(g)
+                compute_view(state["grad_sum"]).add_(g)
         st.accumulated += 1
 
     def _gradient_means(self, originals: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
@@ -463,6 +464,7 @@ class LABPAL(PolyakBase):
         means = []
         for p, g in zip(originals, grads):
             grad_sum = self.state[p].get("grad_sum") if st.accumulated > 0 else None
+            grad_sum = None if grad_sum is None else compute_view(grad_sum)
             means.append(g if grad_sum is None else grad_sum.add(g).div_(k))
         return means
 
@@ -476,9 +478,9 @@ class LABPAL(PolyakBase):
             if self.momentum > 0:
                 buffer = state.get("momentum_buffer")
                 # clone: a buffer must never alias p.grad, which the training loop owns
-                d = mean.clone() if buffer is None else buffer.mul(self.momentum).add_(mean)
+                d = mean.clone() if buffer is None else compute_view(buffer).mul(self.momentum).add_(mean)
                 if commit:
-                    state["momentum_buffer"] = d
+                    state["momentum_buffer"] = state_form(p, d)
             else:
                 d = mean
             if commit:
@@ -526,7 +528,7 @@ class LABPAL(PolyakBase):
         # Along the line: every new batch at x1 and x2, from a saved base point.
         params = self._measured_params()
         views = compute_views(params)
-        directions = [self.state[p]["direction"] for p in params]
+        directions = [compute_view(self.state[p]["direction"]) for p in params]
         base = self._start_point.save(views)
         rollback.moving(views, base)
         along = []
@@ -572,7 +574,7 @@ class LABPAL(PolyakBase):
         for p, d in zip(originals, directions):
             state = self.state[p]
             state.pop("grad_sum", None)
-            state["direction"] = d
+            state["direction"] = state_form(p, d)
         st.accumulated = 0
         st.measurement.direction_norm = norm_value
         return True

@@ -58,8 +58,8 @@ from torch import Tensor
 from . import functional as F
 from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, check_weight_decay, global_dot, global_loss, global_sq_norm, groups_of,
-    update_,
+    Rollback, StartPoint, begin_line_search, check_weight_decay, compute_view, global_dot, global_loss, global_sq_norm,
+    groups_of, state_form, update_,
 )
 from ._registry import OptimizerSpec, register
 from .parabola import parabolic_update_step
@@ -199,7 +199,7 @@ class PAL(PolyakBase):
 
         if self.momentum > 0:
             for p, d in zip(originals, directions):
-                self.state[p]["direction"] = d
+                self.state[p]["direction"] = state_form(p, d)
         clipped = unclipped > self.max_step if self.max_step is not None else torch.zeros_like(unclipped, dtype=torch.bool)
         for group in self.param_groups:
             self._record_step(group, group["lr"] * learning_rate, group["lr"] * unclipped / direction_norm, clipped)
@@ -215,8 +215,9 @@ class PAL(PolyakBase):
         """d = beta*d_prev + g into NEW tensors: the stored direction changes only
         once the step succeeds, so a skipped step leaves the state bit-identical.
         Without a previous direction d = g exactly (beta*0 + g). The buffer is kept
-        in the form the search computes with (real view, local shard)."""
+        shaped like the parameter (see :func:`polyak._line_search.state_form`)."""
         previous = [self.state[p].get("direction") for p in params]
+        previous = [None if d is None else compute_view(d) for d in previous]
         if self.foreach and all(d is not None for d in previous):
             directions = torch._foreach_mul(previous, self.momentum)
             torch._foreach_add_(directions, grads)

@@ -74,7 +74,8 @@ from torch import Tensor
 from . import functional as F
 from ._base import PolyakBase, check_choice, check_in_range, check_int, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, check_weight_decay, global_loss, groups_of, plain_update, update_,
+    Rollback, StartPoint, begin_line_search, check_weight_decay, compute_view, global_loss, groups_of, plain_update,
+    update_,
 )
 from ._registry import OptimizerSpec, register
 
@@ -315,8 +316,8 @@ class SLS(PolyakBase):
         for o, p in zip(originals, params):
             state = self.state[o]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buffers.append(state["momentum_buffer"])
+                state["momentum_buffer"] = torch.zeros_like(o, memory_format=torch.preserve_format)
+            buffers.append(compute_view(state["momentum_buffer"]))
         if self.foreach:
             torch._foreach_add_(params, buffers, alpha=self.momentum)
             torch._foreach_copy_(buffers, params)
