@@ -114,7 +114,7 @@ def test_low_precision_parameters_take_the_polyak_step(dtype):
     grads = [p.grad.detach().clone() for p in model.parameters()]
     optimizer.step(loss=loss)
     sq_norm = sum(float(g.double().pow(2).sum()) for g in grads)
-    gamma = float(loss) / (sq_norm + 1e-5)
+    gamma = float(loss.detach()) / (sq_norm + 1e-5)
     assert optimizer.param_groups[0]["step_size"] == pytest.approx(gamma, rel=1e-2)
     for p, p0, g in zip(model.parameters(), before, grads):
         assert p.dtype == dtype
