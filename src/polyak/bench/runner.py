@@ -19,8 +19,10 @@ How each need is fed (one step, one batch):
 - ``train_eval``: ``opt.train()`` before training steps, ``opt.eval()`` before
   every evaluation.
 
-A record holds the config, seed, versions, git SHA, device, per-epoch metrics
-(epoch 0 is the initial model), a sampled step-size trace, the median time per
+A record holds the config, seed, the loaded plugins (path, sha256), the
+provenance of its workload and optimizer (:func:`polyak.bench.plugins.provenance`), versions, git SHA, device, per-epoch metrics
+(epoch 0 is the initial model), a sampled step-size trace (with the
+``clipped`` flag of Polyak-type steps), the counts of clipped and zero steps, the median time per
 step (forward + backward + step, no data loading, no evaluation), forward and
 backward passes per step and whether the run diverged (a non-finite training loss
 or evaluation loss ends the trial). Records are plain JSON: non-finite floats
@@ -30,8 +32,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -39,7 +39,6 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -52,15 +51,11 @@ from torch.utils.data import DataLoader
 import polyak
 
 from .optimizers import accepts, optimizer_info
+from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, provenance
 
 __all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe"]
 
 RECORD_SCHEMA_VERSION = 1
-
-#: Modules (dotted names or .py paths, comma separated) imported before workloads
-#: and optimizers are looked up, in this process and in sweep workers: how users
-#: add their own workloads (register_workload) and optimizers (register_bench_optimizer).
-PLUGINS_ENV = "POLYAK_BENCH_PLUGINS"
 
 TRACE_POINTS = 200  # step-size trace samples per trial, enough for a log-scale plot
 
@@ -97,40 +92,6 @@ class TrialConfig:
         canonical = json.dumps(json_safe(self.to_dict()), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha1(canonical.encode()).hexdigest()[:12]
         return f"{self.workload}.{self.optimizer}.s{self.seed}.{digest}"
-
-
-# ----------------------------------------------------------------- plugins
-_LOADED_PLUGINS: Dict[str, Any] = {}
-
-
-def load_plugins(entries: Optional[str] = None) -> List[str]:
-    """Import the plugin modules named in ``entries`` (default: ``$POLYAK_BENCH_PLUGINS``).
-
-    An entry is a dotted module name or a path to a ``.py`` file. Each is imported
-    once per process; importing it is expected to register workloads/optimizers.
-    """
-    entries = os.environ.get(PLUGINS_ENV, "") if entries is None else entries
-    loaded = []
-    for entry in (e.strip() for e in entries.split(",")):
-        if not entry or entry in _LOADED_PLUGINS:
-            continue
-        if entry.endswith(".py"):
-            path = Path(entry)
-            if not path.is_file():
-                raise FileNotFoundError(f"{PLUGINS_ENV}: plugin file {entry!r} does not exist")
-            module_name = f"_polyak_bench_plugin_{path.stem}"
-            if module_name in sys.modules:
-                module = sys.modules[module_name]
-            else:
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(entry)
-        _LOADED_PLUGINS[entry] = module
-        loaded.append(entry)
-    return loaded
 
 
 # ----------------------------------------------------------------- helpers
@@ -246,6 +207,35 @@ def _utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class StepCounts:
+    """How often a Polyak-type step (an optimizer whose param groups say ``clipped``:
+    ALI-G, ALI-G+, SPS, DFW, L4) was clipped at its ``max_lr`` and how often it was
+    exactly 0 (loss at or below its lower bound / AOV), counted on every step of
+    the first param group. 0-dim tensors (accelerators) are summed on the device
+    and read once at the end."""
+
+    def __init__(self):
+        self.steps = 0
+        self.clipped: Any = 0
+        self.zero: Any = 0
+        self.last_clipped: Optional[bool] = None
+
+    def add(self, group: Mapping[str, Any]) -> None:
+        if "clipped" not in group or "step_size" not in group:
+            return
+        clipped, step_size = group["clipped"], group["step_size"]
+        self.steps += 1
+        self.clipped = self.clipped + clipped
+        self.zero = self.zero + (step_size == 0)
+        self.last_clipped = bool(clipped) if not isinstance(clipped, torch.Tensor) or clipped.device.type == "cpu" else None
+
+    def to_dict(self) -> Optional[Dict[str, int]]:
+        """None for optimizers without the ``clipped`` statistic."""
+        if not self.steps:
+            return None
+        return {"steps": self.steps, "clipped_at_max_lr": int(self.clipped), "zero": int(self.zero)}
+
+
 # ----------------------------------------------------------------- stepping
 class _Stepper:
     """Feeds one optimizer what its record's ``needs`` say. Returns the batch mean loss (detached)."""
@@ -303,6 +293,18 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
     return all(not isinstance(v, float) or math.isfinite(v) for v in metrics.values())
 
 
+def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
+    """The first evaluation must report the workload's metric, or every epoch of
+    the trial would score as missing (and the report call it diverged)."""
+    for split in ("val", "test"):
+        keys = sorted((entry.get(split) or {}).keys())
+        if workload.metric not in keys:
+            raise ValueError(
+                f"workload {workload.name!r}: evaluate() returned {keys} on the {split} set, without the "
+                f"workload's metric {workload.metric!r}; return {{{workload.metric!r}: ...}} (e.g. with "
+                "polyak.bench.workloads.helpers.classifier_evaluate) or declare the metric evaluate() reports")
+
+
 def summarise(epochs: List[Dict[str, Any]], metric: str, diverged: bool) -> Dict[str, Any]:
     """Best epoch on validation (epoch >= 1), the test metrics there, final training loss."""
     better = (lambda a, b: a > b) if metric == "accuracy" else (lambda a, b: a < b)
@@ -348,6 +350,7 @@ def run_trial(
         "diverged": False,
         "diverged_at": None,
         "error": None,
+        "plugins": loaded_plugins(),  # path and sha256 of every plugin loaded in this process
     }
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     record["device"] = describe_device(torch_device)
@@ -356,7 +359,8 @@ def run_trial(
         record["versions"] = _package_versions(info.source, info.version)
         workload = get_workload(config.workload)
         seed_everything(config.seed)
-        instance = workload.build(config.size, config.seed, data_dir)
+        record["provenance"] = provenance(config.workload, config.optimizer)
+        instance = workload.instantiate(config.size, config.seed, data_dir, config.epochs)
         _train(config, record, workload, instance, info, torch_device, progress, trace_points)
     except Exception as error:  # a failing trial is a result, not a crash of the sweep
         record["status"] = "error"
@@ -426,8 +430,11 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     trace_every = max(1, total_steps // max(1, trace_points))
     trace_steps: List[int] = []
     trace_values: List[Optional[float]] = []
+    trace_clipped: List[Optional[bool]] = []
+    counts = StepCounts()
     step_times: List[float] = []
     history: List[Dict[str, Any]] = [{"epoch": 0, "train_loss": None, **evaluate(), "elapsed_s": 0.0}]
+    check_metric_key(workload, history[0])
     diverged_at = None
     step = 0
     training_time = 0.0
@@ -463,9 +470,11 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
                     break
                 epoch_loss_sum += loss
                 epoch_batches += 1
+                counts.add(optimizer.param_groups[0])
                 if step % trace_every == 0 or step == 1:
                     trace_steps.append(step)
                     trace_values.append(read_step_size(optimizer))
+                    trace_clipped.append(counts.last_clipped)
             if diverged_at is not None:
                 break
             if "end_epoch" in needs:
@@ -493,7 +502,8 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         diverged_at=diverged_at,
         epochs=history,
         steps=step,
-        step_size_trace={"steps": trace_steps, "values": trace_values},
+        step_size_trace={"steps": trace_steps, "values": trace_values, "clipped": trace_clipped},
+        step_counts=counts.to_dict(),
         time_per_step_s=statistics.median(timed) if timed else None,
         mean_time_per_step_s=(sum(timed) / len(timed)) if timed else None,
         passes_per_step=passes_per_step,

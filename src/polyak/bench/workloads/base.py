@@ -6,6 +6,8 @@ this contract, so workloads and optimizers never import each other's internals.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
@@ -50,7 +52,7 @@ class WorkloadInstance:
     test: Dataset
     per_sample_loss: Callable[[Tensor, Tensor], Tensor]
     evaluate: Callable[[nn.Module, Dataset], Dict[str, float]]
-    budget: Budget
+    budget: Optional[Budget] = None
     collate_fn: Optional[Callable] = None
 
 
@@ -65,8 +67,12 @@ class Workload:
     interpolating: whether the model can drive the training loss to ~0 (paper's split).
     data: name of the data set in polyak.bench.datasets (None: synthetic or bundled).
     budgets: Budget per size in SIZES; "paper" is the papers' own budget.
-    build(size, seed, data_dir) -> WorkloadInstance; raises
+    build(size, seed, data_dir, budget) -> WorkloadInstance; raises
         polyak.bench.datasets.DatasetMissing (with the fetch command) when data is absent.
+        ``budget`` is the harness's budget for this trial (``budgets[size]`` with the
+        trial's epochs): build the data (batch size, subsets) from it, the one source
+        of truth. A build without a ``budget`` parameter must return
+        ``budgets[size]`` in ``WorkloadInstance.budget`` (checked by :meth:`instantiate`).
     summary: one line for `polyak bench list`.
     """
 
@@ -87,14 +93,62 @@ class Workload:
         if missing:
             raise ValueError(f"{self.name}: budgets missing for sizes {missing}")
 
+    def instantiate(self, size: str, seed: int, data_dir: Optional[Path] = None,
+                    epochs: Optional[int] = None) -> WorkloadInstance:
+        """``build`` with the harness's budget (``budgets[size]``, ``epochs`` replacing its
+        epochs), returning an instance whose ``budget`` is that budget. A build that
+        used another budget is an error naming both (the table would describe a
+        different training run than the one that happened)."""
+        budget = self.budgets[size] if epochs is None else dataclasses.replace(self.budgets[size], epochs=int(epochs))
+        takes_budget = _accepts_budget(self.build)
+        instance = (self.build(size, seed, data_dir, budget=budget) if takes_budget
+                    else self.build(size, seed, data_dir))
+        used = instance.budget
+        # a build without the budget parameter cannot know a trial's epochs override
+        comparable = used if used is None or takes_budget else dataclasses.replace(used, epochs=budget.epochs)
+        if comparable is not None and comparable != budget:
+            raise ValueError(
+                f"workload {self.name!r}: build() trained with {used} but the harness's budget for size {size!r} "
+                f"is {budget} (what `polyak bench list` and the records show); build from the `budget` argument "
+                "build(size, seed, data_dir, budget) instead of your own")
+        instance.budget = budget
+        return instance
+
+
+def _accepts_budget(build: Callable) -> bool:
+    try:
+        parameters = inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return False
+    return "budget" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
 
 _WORKLOADS: Dict[str, Workload] = {}
 
 
 def register_workload(workload: Workload) -> Workload:
-    if workload.name in _WORKLOADS:
-        raise ValueError(f"workload {workload.name!r} is registered twice")
+    """Add a workload to the harness (built-in modules and plugins call this).
+
+    The name must be lower case (see :func:`polyak.bench.plugins.check_name`); a
+    name already registered by another source fails with both sources named.
+    Registering the very same object again is a no-op.
+    """
+    import sys
+
+    from ..plugins import check_name, registration_source, remember_source, source_of
+
+    if not isinstance(workload, Workload):
+        raise TypeError(f"register_workload needs a polyak.bench.workloads.Workload, got {type(workload).__name__}")
+    check_name("workload", workload.name)
+    source = registration_source(sys._getframe(1).f_globals.get("__name__"))
+    existing = _WORKLOADS.get(workload.name)
+    if existing is workload:
+        return workload
+    if existing is not None:
+        raise ValueError(f"workload {workload.name!r} from {source} collides with the workload of that name "
+                         f"registered by {source_of('workload', workload.name)}; give yours another name")
     _WORKLOADS[workload.name] = workload
+    remember_source("workload", workload.name, source)
     return workload
 
 
