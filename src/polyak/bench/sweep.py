@@ -115,7 +115,8 @@ DATA_MISSING = "skipped (data missing)"
 
 
 def _data_missing(record: Dict[str, Any]) -> bool:
-    return record.get("status") == "error" and str(record.get("error") or "").startswith("DatasetMissing")
+    return record.get("status") == "error" and str(record.get("error") or "").startswith(("DatasetMissing",
+                                                                                         "DatasetCorrupted"))
 
 
 @dataclass
