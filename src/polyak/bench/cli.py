@@ -124,25 +124,17 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from .optimizers import all_optimizer_info, optimizer_info
     from .report import main_table, write_report
-    from .suites import get_suite, resolve_suite
-    from .sweep import grid_trials, run_sweep
+    from .suites import get_suite, plan_grid, plan_suite
+    from .sweep import run_sweep
     from .workloads import get_workload
 
     if args.suite:
-        resolved = resolve_suite(get_suite(args.suite))
-        suite = resolved.suite
-        for line in resolved.left_out:
-            print(f"suite {suite.name}: left out {line}", file=sys.stderr)
         if args.optimizer:
             print("--optimizer is ignored with --suite", file=sys.stderr)
-        workloads, optimizers = list(resolved.workloads), list(resolved.optimizers)
-        size = args.size or suite.size
-        epochs = {w: args.epochs or suite.epochs.get(w) for w in workloads}
-        protocol = {}
-        for w in workloads:
-            w_seeds, w_points, w_reg = suite.protocol(w)
-            protocol[w] = (args.seeds or w_seeds,
-                           args.grid_points if args.grid_points is not None else w_points, w_reg)
+        plan = plan_suite(get_suite(args.suite), size=args.size, epochs=args.epochs, seeds=args.seeds,
+                          grid_points=args.grid_points, step_sizes=args.step_sizes)
+        for line in plan.left_out:
+            print(f"suite {plan.suite}: left out {line}", file=sys.stderr)
     else:
         workloads = list(dict.fromkeys(args.workload))
         optimizers = list(dict.fromkeys(o.lower() for o in args.optimizer or []))
@@ -160,23 +152,15 @@ def _cmd_run(args) -> int:
                     return 2
         else:
             optimizers = [n for n, i in all_optimizer_info().items() if i.available]
-        size = args.size or "quick"
-        seeds = args.seeds or 1
-        grid_points = args.grid_points
-        tune_regularisation = size != "quick"
-        epochs = {w: args.epochs for w in workloads}
-        protocol = {w: (seeds, grid_points, tune_regularisation) for w in workloads}
-    if not workloads or not optimizers:
+        plan = plan_grid(workloads, optimizers, size=args.size or "quick", epochs=args.epochs, seeds=args.seeds or 1,
+                         grid_points=args.grid_points, step_sizes=args.step_sizes)
+    if not plan.workloads or not plan.optimizers:
         print("nothing to run: no workload or no optimizer is available (see `polyak bench list`)", file=sys.stderr)
         return 2
-    trials = [trial for workload in workloads for trial in grid_trials(
-        [workload], optimizers, size, range(protocol[workload][0]), epochs=epochs[workload],
-        grid_points=protocol[workload][1], step_sizes=args.step_sizes, tune_regularisation=protocol[workload][2])]
-    seed_counts = sorted({p[0] for p in protocol.values()})
-    print(f"{len(trials)} trials: {len(workloads)} workloads x {len(optimizers)} optimizers, size {size}, "
-          f"{'/'.join(map(str, seed_counts))} seed(s); results in {args.results}", file=sys.stderr)
+    trials = plan.trials
+    print(f"{plan.describe()}; results in {args.results}", file=sys.stderr)
     result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                       threads=args.threads)
+                       threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline})
     print(f"ran {result.ran} trials ({result.skipped} already done): "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())), file=sys.stderr)
     for workload, message in result.missing_data.items():

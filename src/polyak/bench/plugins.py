@@ -227,7 +227,7 @@ def provenance(workload: str, optimizer: str) -> Dict[str, Dict[str, object]]:
     where its workload and optimizer come from (with the plugin file's sha256)
     and the optimizer record's defaults (which the config does not name)."""
     from .optimizers import optimizer_info
-    from .runner import json_safe
+    from .records import json_safe
 
     info = optimizer_info(optimizer)
     opt = fingerprint("optimizer", info.name)

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .records import Metric, get_metric
 from .store import DONE_STATUSES, Store
 
 __all__ = ["Cell", "ReportData", "collect", "render_markdown", "write_report", "main_table"]
 
-BASELINE = "sgd"  # time per step is reported relative to this optimizer
+#: time per step is reported relative to this optimizer unless the records name another (their suite's)
+BASELINE = "sgd"
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Cell:
 @dataclass
 class ReportData:
     columns: List[Tuple[str, str]]                    # (workload, size)
-    metrics: Dict[Tuple[str, str], str]               # column -> "accuracy" | "loss"
+    metrics: Dict[Tuple[str, str], Metric]            # column -> its reported metric
     optimizers: List[str]
     cells: Dict[Tuple[Tuple[str, str], str], Cell]    # (column, optimizer) -> selected cell
     time_ratio: Dict[Tuple[Tuple[str, str], str], float]
@@ -71,11 +73,11 @@ class ReportData:
         return column[0] if len(sizes) == 1 else f"{column[0]} ({column[1]})"
 
 
-def _reported(record: Dict[str, Any], metric: str) -> Optional[float]:
+def _reported(record: Dict[str, Any], metric: Metric) -> Optional[float]:
     summary = record.get("summary") or {}
     if record.get("diverged"):
         return None
-    if metric == "accuracy":
+    if metric.name == "accuracy":
         test = summary.get("test_at_best") or {}
         value = test.get("accuracy")
         return 100.0 * value if isinstance(value, (int, float)) else None
@@ -92,13 +94,13 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
     failures = [r for r in records if r.get("status") not in DONE_STATUSES]
     records = [r for r in records if r.get("status") in DONE_STATUSES]
     by_task: Dict[Tuple[Tuple[str, str], str], Dict[str, List[Dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    metrics: Dict[Tuple[str, str], str] = {}
+    metrics: Dict[Tuple[str, str], Metric] = {}
     times: Dict[Tuple[Tuple[str, str], str], List[float]] = defaultdict(list)
     passes: Dict[str, List[Tuple[float, float]]] = defaultdict(list)
     for record in records:
         config = record["config"]
         column = (config["workload"], config["size"])
-        metrics[column] = record["workload"]["metric"]
+        metrics[column] = get_metric(record["workload"]["metric"])
         by_task[(column, config["optimizer"])][_setting_key(record)].append(record)
         if record.get("time_per_step_s"):
             times[(column, config["optimizer"])].append(record["time_per_step_s"])
@@ -108,14 +110,13 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
 
     cells: Dict[Tuple[Tuple[str, str], str], Cell] = {}
     for (column, optimizer), settings in by_task.items():
-        higher = metrics[column] == "accuracy"
         best: Optional[Tuple[float, Cell]] = None
         for group in settings.values():
             scores = [(r.get("summary") or {}).get("val_score") for r in group]
             # a setting with a diverged seed (no score) is disqualified: it ranks below every complete one
             complete = all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores)
             mean_val = statistics.fmean(scores) if complete else None
-            rank = -math.inf if mean_val is None else (mean_val if higher else -mean_val)
+            rank = -math.inf if mean_val is None else metrics[column].key(mean_val)
             cell = Cell(
                 hyperparameters=group[0]["config"].get("hyperparameters") or {},
                 values=[v for v in (_reported(r, metrics[column]) for r in group) if v is not None],
@@ -127,13 +128,15 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
                 best = (rank, cell)
         cells[(column, optimizer)] = best[1]
 
-    baseline_time = {column: statistics.median(ts) for (column, opt), ts in times.items() if opt == BASELINE and ts}
+    named = [(r.get("sweep") or {}).get("time_baseline") for r in records]
+    baseline = max(set(named) - {None}, key=named.count, default=BASELINE)
+    baseline_time = {column: statistics.median(ts) for (column, opt), ts in times.items() if opt == baseline and ts}
     time_ratio = {
         key: statistics.median(ts) / baseline_time[key[0]]
         for key, ts in times.items() if ts and key[0] in baseline_time
     }
     columns = sorted(metrics)
-    optimizers = sorted({opt for _, opt in cells}, key=lambda o: (o != BASELINE, o))
+    optimizers = sorted({opt for _, opt in cells}, key=lambda o: (o != baseline, o))
     mean_passes = {opt: (statistics.fmean(f for f, _ in ps), statistics.fmean(b for _, b in ps)) for opt, ps in passes.items()}
     max_jobs = max([int((r.get("sweep") or {}).get("jobs") or 1) for r in records] + [1])
     return ReportData(columns, metrics, optimizers, cells, time_ratio, baseline_time, mean_passes, len(records),
@@ -141,11 +144,11 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
 
 
 # --------------------------------------------------------------------- text
-def _format_value(value: float, metric: str) -> str:
-    return f"{value:.2f}" if metric == "accuracy" else f"{value:.3g}"
+def _format_value(value: float, metric: Metric) -> str:
+    return f"{value:.2f}" if metric.name == "accuracy" else f"{value:.3g}"
 
 
-def _cell_text(cell: Optional[Cell], metric: str) -> str:
+def _cell_text(cell: Optional[Cell], metric: Metric) -> str:
     if cell is None:
         return "-"
     if cell.mean is None:
@@ -166,8 +169,7 @@ def _best_per_column(data: ReportData) -> Dict[Tuple[str, str], Optional[str]]:
         if not candidates:
             best[column] = None
             continue
-        pick = max if data.metrics[column] == "accuracy" else min
-        best[column] = pick(candidates)[1]
+        best[column] = max(candidates, key=lambda c: data.metrics[column].key(c[0]))[1]
     return best
 
 
@@ -175,7 +177,7 @@ def main_table(data: ReportData) -> str:
     """The main table as GitHub markdown (best per workload in bold)."""
     best = _best_per_column(data)
     header = ["optimizer"] + [
-        f"{data.label(c)} {'test acc. (%)' if data.metrics[c] == 'accuracy' else 'final train loss'}"
+        f"{data.label(c)} {data.metrics[c].label}"
         for c in data.columns
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -213,7 +215,7 @@ def _time_table(data: ReportData) -> str:
         row.append("-" if fwd_bwd is None else f"{fwd_bwd[0]:.2f}, {fwd_bwd[1]:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     base = ", ".join(f"{data.label(c)}: {1e3 * t:.3g} ms" for c, t in sorted(data.baseline_time.items()))
-    note = f"\nSGD's time per step: {base}." if base else f"\nNo `{BASELINE}` trials in these results: no time ratios."
+    note = f"\nBaseline's time per step: {base}." if base else "\nNo baseline trials in these results: no time ratios."
     if data.max_jobs > 1:
         note += (f" Trials ran {data.max_jobs} at a time and shared the cores: these ratios are noisy; "
                  "rerun with `--jobs 1` on an idle machine to time.")
@@ -297,7 +299,7 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
     plt = _plt()
     written = []
     for column in data.columns:
-        metric = data.metrics[column]
+        metric = data.metrics[column].name
         fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
         for index, optimizer in enumerate(data.optimizers):
             cell = data.cells.get((column, optimizer))
@@ -351,7 +353,7 @@ def performance_ratios(data: ReportData) -> Dict[str, List[float]]:
             if mean is None:
                 costs[optimizer] = math.inf
             else:
-                costs[optimizer] = 100.0 - mean if data.metrics[column] == "accuracy" else mean
+                costs[optimizer] = 100.0 - mean if data.metrics[column].name == "accuracy" else mean
         finite = [c for c in costs.values() if math.isfinite(c)]
         if not finite:
             continue

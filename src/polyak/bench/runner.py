@@ -31,8 +31,6 @@ are stored as null.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import math
 import os
 import platform
@@ -41,7 +39,6 @@ import statistics
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -52,66 +49,18 @@ import polyak
 
 from .optimizers import accepts, optimizer_info
 from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, provenance
+from .records import RECORD_SCHEMA_VERSION, TrialConfig, effective_budget, get_metric, json_safe
 
 __all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe"]
-
-RECORD_SCHEMA_VERSION = 1
 
 TRACE_POINTS = 200  # step-size trace samples per trial, enough for a log-scale plot
 
 _STEP_NEEDS = ("probe_closure", "per_sample_loss", "loss", "gradient")
 
 
-@dataclass(frozen=True)
-class TrialConfig:
-    """What identifies a trial. ``hyperparameters`` are the sweep's choices (step
-    size, regularisation), applied over the record's defaults; ``epochs`` overrides
-    the workload budget for this size when given."""
-
-    workload: str
-    size: str
-    optimizer: str
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    epochs: Optional[int] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "workload": self.workload, "size": self.size, "optimizer": self.optimizer,
-            "hyperparameters": dict(sorted(self.hyperparameters.items())), "seed": self.seed, "epochs": self.epochs,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrialConfig":
-        return cls(data["workload"], data["size"], data["optimizer"], dict(data.get("hyperparameters") or {}),
-                   int(data.get("seed", 0)), data.get("epochs"))
-
-    @property
-    def trial_id(self) -> str:
-        """Stable id: the same config always maps to the same record (how resume finds done trials)."""
-        canonical = json.dumps(json_safe(self.to_dict()), sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha1(canonical.encode()).hexdigest()[:12]
-        return f"{self.workload}.{self.optimizer}.s{self.seed}.{digest}"
 
 
 # ----------------------------------------------------------------- helpers
-def json_safe(value: Any) -> Any:
-    """Plain-JSON form: non-finite floats become None, tuples lists, tensors numbers."""
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_safe(value.item())
-    return repr(value)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -307,13 +256,13 @@ def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
 
 def summarise(epochs: List[Dict[str, Any]], metric: str, diverged: bool) -> Dict[str, Any]:
     """Best epoch on validation (epoch >= 1), the test metrics there, final training loss."""
-    better = (lambda a, b: a > b) if metric == "accuracy" else (lambda a, b: a < b)
+    direction = get_metric(metric)
     best = None
     for entry in epochs:
         if entry["epoch"] < 1:
             continue
         score = _score(entry.get("val") or {}, metric)
-        if score is not None and (best is None or better(score, best[0])):
+        if score is not None and (best is None or direction.better(score, best[0])):
             best = (score, entry)
     trained = [e for e in epochs if e["epoch"] >= 1 and e.get("train_loss") is not None]
     return {
@@ -375,10 +324,8 @@ def run_trial(
 def _train(config, record, workload, instance, info, device, progress, trace_points):
     spec = info.spec
     needs = spec.needs
-    budget = instance.budget
-    epochs = int(config.epochs or budget.epochs)
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    budget = effective_budget(instance.budget, config.epochs)
+    epochs = budget.epochs
     model = instance.model.to(device)
     model.train()
 

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
-from .runner import RECORD_SCHEMA_VERSION, json_safe
+from .records import RECORD_SCHEMA_VERSION, json_safe
 
 __all__ = ["SCHEMA_VERSION", "DONE_STATUSES", "Store", "atomic_write_json"]
 

@@ -9,12 +9,14 @@ records, including ones added later, and the peers).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .optimizers import all_optimizer_info
+from .records import TrialConfig
 
-__all__ = ["Suite", "SUITES", "get_suite", "resolve_suite", "ResolvedSuite"]
+__all__ = ["Suite", "SUITES", "get_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan", "plan_suite",
+           "plan_grid"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,28 @@ class Suite:
     #: keys "seeds", "grid_points", "tune_regularisation" replace the suite-wide values.
     overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
-    def protocol(self, workload: str) -> Tuple[int, Optional[int], bool]:
-        """(seeds, grid_points, tune_regularisation) for one workload."""
+    #: time per step is reported relative to this optimizer
+    time_baseline: str = "sgd"
+
+    def protocol(self, workload: str) -> "Protocol":
+        """The protocol of one workload: the suite-wide values with its overrides applied."""
         o = self.overrides.get(workload, {})
-        return (int(o.get("seeds", self.seeds)), o.get("grid_points", self.grid_points),
-                bool(o.get("tune_regularisation", self.tune_regularisation)))
+        return Protocol(seeds=int(o.get("seeds", self.seeds)), grid_points=o.get("grid_points", self.grid_points),
+                        tune_regularisation=bool(o.get("tune_regularisation", self.tune_regularisation)),
+                        epochs=self.epochs.get(workload))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one workload is swept: seeds 0..seeds-1; the grid_points step sizes nearest each
+    optimizer's default (None: its full grid) or explicit step_sizes; whether the
+    regularisation grid is swept; epochs replacing the budget's (None: the budget's)."""
+
+    seeds: int
+    grid_points: Optional[int] = None
+    tune_regularisation: bool = False
+    epochs: Optional[int] = None
+    step_sizes: Optional[Tuple[float, ...]] = None
 
 
 _LITE_CHEAP = ("matfac-rank1", "matfac-rank4", "matfac-rank10", "matfac-true", "kernel-spam", "kernel-shuttle")
@@ -131,3 +150,62 @@ def resolve_suite(suite: Suite) -> ResolvedSuite:
         else:
             optimizers.append(name)
     return ResolvedSuite(suite, workloads, tuple(optimizers), tuple(left_out))
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Every trial a run will do, built once (from a suite or from explicit names):
+    the CLI, the sweep executors and the report read it, nobody rebuilds it."""
+
+    trials: Tuple[TrialConfig, ...]
+    workloads: Tuple[str, ...]
+    optimizers: Tuple[str, ...]
+    size: str
+    protocols: Mapping[str, Protocol]
+    left_out: Tuple[str, ...] = ()
+    suite: Optional[str] = None
+    time_baseline: str = "sgd"
+
+    def describe(self) -> str:
+        seeds = sorted({p.seeds for p in self.protocols.values()})
+        return (f"{len(self.trials)} trials: {len(self.workloads)} workloads x {len(self.optimizers)} optimizers, "
+                f"size {self.size}, {'/'.join(map(str, seeds))} seed(s)")
+
+
+def _trials(workloads: Sequence[str], optimizers: Sequence[str], size: str,
+            protocols: Mapping[str, Protocol]) -> Tuple[TrialConfig, ...]:
+    from .sweep import grid_trials
+
+    return tuple(trial for w in workloads for trial in grid_trials(
+        [w], optimizers, size, range(protocols[w].seeds), epochs=protocols[w].epochs,
+        grid_points=protocols[w].grid_points, step_sizes=protocols[w].step_sizes,
+        tune_regularisation=protocols[w].tune_regularisation))
+
+
+def plan_suite(suite: Suite, *, size: Optional[str] = None, epochs: Optional[int] = None,
+               seeds: Optional[int] = None, grid_points: Optional[int] = None,
+               step_sizes: Optional[Sequence[float]] = None) -> TrialPlan:
+    """The trials of ``suite`` here and now; the keyword arguments replace the suite's values for every workload."""
+    resolved = resolve_suite(suite)
+    protocols: Dict[str, Protocol] = {}
+    for w in resolved.workloads:
+        p = suite.protocol(w)
+        protocols[w] = replace(p, seeds=seeds or p.seeds, epochs=epochs or p.epochs,
+                               grid_points=grid_points if grid_points is not None else p.grid_points,
+                               step_sizes=tuple(step_sizes) if step_sizes else None)
+    size = size or suite.size
+    return TrialPlan(_trials(resolved.workloads, resolved.optimizers, size, protocols), resolved.workloads,
+                     resolved.optimizers, size, protocols, resolved.left_out, suite.name, suite.time_baseline)
+
+
+def plan_grid(workloads: Sequence[str], optimizers: Sequence[str], *, size: str = "quick",
+              epochs: Optional[int] = None, seeds: int = 1, grid_points: Optional[int] = None,
+              step_sizes: Optional[Sequence[float]] = None, tune_regularisation: Optional[bool] = None) -> TrialPlan:
+    """The trials of explicit workloads and optimizers (names already checked).
+    tune_regularisation defaults to True except at size quick."""
+    tune = size != "quick" if tune_regularisation is None else tune_regularisation
+    protocol = Protocol(seeds=seeds, grid_points=grid_points, tune_regularisation=tune, epochs=epochs,
+                        step_sizes=tuple(step_sizes) if step_sizes else None)
+    workloads, optimizers = tuple(dict.fromkeys(workloads)), tuple(dict.fromkeys(optimizers))
+    protocols = {w: protocol for w in workloads}
+    return TrialPlan(_trials(workloads, optimizers, size, protocols), workloads, optimizers, size, protocols)

@@ -115,7 +115,8 @@ DATA_MISSING = "skipped (data missing)"
 
 
 def _data_missing(record: Dict[str, Any]) -> bool:
-    return record.get("status") == "error" and str(record.get("error") or "").startswith("DatasetMissing")
+    return record.get("status") == "error" and str(record.get("error") or "").startswith(("DatasetMissing",
+                                                                                         "DatasetCorrupted"))
 
 
 @dataclass
@@ -128,11 +129,12 @@ class SweepResult:
 
 
 def execute_trial(config: TrialConfig, results_dir: str, data_dir: Optional[str], device: Optional[str],
-                  progress: bool, jobs: int = 1) -> Dict[str, Any]:
+                  progress: bool, jobs: int = 1, sweep_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run one trial and write its JSON record (atomically); returns the record.
     Runs in worker processes: the parent only indexes the record."""
     record = run_trial(config, data_dir=Path(data_dir) if data_dir else None, device=device, progress=progress)
-    record["sweep"] = {"jobs": jobs}  # trials sharing the machine make time per step noisy
+    # jobs: trials sharing the machine make time per step noisy; the rest (suite, time baseline) is the plan's
+    record["sweep"] = {**(sweep_info or {}), "jobs": jobs}
     from .store import atomic_write_json
 
     atomic_write_json(Path(results_dir) / "trials" / f"{record['trial_id']}.json", record)
@@ -164,11 +166,13 @@ def run_sweep(
     progress: bool = True,
     threads: Optional[int] = None,
     on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
+    sweep_info: Optional[Dict[str, Any]] = None,
 ) -> SweepResult:
     """Run the trials that have no finished record in ``results_dir``.
 
     threads: torch threads per trial process (default: the cores divided by
-    ``jobs``; 1 is fastest for tiny models on a busy machine)."""
+    ``jobs``; 1 is fastest for tiny models on a busy machine). sweep_info: stored
+    in every record's ``sweep`` field (the suite's name and time baseline)."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
     unique: Dict[str, TrialConfig] = {}
@@ -215,9 +219,9 @@ def run_sweep(
                     torch.set_num_threads(threads)
                 for trial in todo:
                     if wanted(trial):
-                        finished(execute_trial(trial, root, data, device, progress))
+                        finished(execute_trial(trial, root, data, device, progress, 1, sweep_info))
             else:
-                _run_parallel(todo, jobs, threads, root, data, device, finished, wanted)
+                _run_parallel(todo, jobs, threads, root, data, device, finished, wanted, sweep_info)
         finally:
             if bar is not None:
                 bar.close()
@@ -228,7 +232,7 @@ def run_sweep(
         store.close()
 
 
-def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted) -> None:
+def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted, sweep_info) -> None:
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     plugins = os.environ.get(PLUGINS_ENV, "")
     # spawn, not fork: forking a process whose torch thread pool is running can deadlock
@@ -242,7 +246,7 @@ def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted) -> 
                 while queue and len(pending) < 2 * jobs:
                     trial = queue.pop(0)
                     if wanted(trial):
-                        pending.add(pool.submit(execute_trial, trial, root, data, device, False, jobs))
+                        pending.add(pool.submit(execute_trial, trial, root, data, device, False, jobs, sweep_info))
                 if not pending:
                     continue
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -11,7 +11,7 @@ absent, and :class:`DataFormatError` when a file is corrupt or truncated.
 Loaders take ``root`` (the data folder itself) or, with ``root=None``, look under
 ``cache_dir(data_dir)`` (``--data-dir`` > ``$POLYAK_DATA_DIR`` > ``~/.cache/polyak``).
 """
-from .cache import DataFormatError, DatasetMissing, FetchError, cache_dir
+from .cache import DataFormatError, DatasetCorrupted, DatasetMissing, FetchError, cache_dir
 from .cifar import load_cifar
 from .command import data_cli
 from .fetching import FETCHABLE, FetchSpec, fetch, fetch_all, is_available
@@ -24,6 +24,7 @@ from .svhn import load_svhn
 
 __all__ = [
     "DataFormatError",
+    "DatasetCorrupted",
     "DatasetMissing",
     "FETCHABLE",
     "FetchError",

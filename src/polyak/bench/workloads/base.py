@@ -99,7 +99,9 @@ class Workload:
         epochs), returning an instance whose ``budget`` is that budget. A build that
         used another budget is an error naming both (the table would describe a
         different training run than the one that happened)."""
-        budget = self.budgets[size] if epochs is None else dataclasses.replace(self.budgets[size], epochs=int(epochs))
+        from ..records import effective_budget
+
+        budget = effective_budget(self.budgets[size], epochs)
         takes_budget = _accepts_budget(self.build)
         instance = (self.build(size, seed, data_dir, budget=budget) if takes_budget
                     else self.build(size, seed, data_dir))
