@@ -21,7 +21,8 @@ def _record(workload, optimizer, lr, seed, val, test, *, metric="accuracy", trai
         "summary": {"metric": metric, "val_score": None if diverged else val, "best_epoch": 1,
                     "test_at_best": None if test is None else {"accuracy": test, "loss": 1 - test}, "final_train_loss": None if diverged else train_loss},
         "time_per_step_s": time, "passes_per_step": {"forward": passes[0], "backward": passes[1]},
-        "epochs": [{"epoch": 1, "train_loss": train_loss, "val": {metric: val}, "test": {}}],
+        "epochs": [{"epoch": 1, "train_loss": train_loss, "val": {metric: val},
+                    "test": {} if test is None else {"accuracy": test, "loss": 1 - test}}],
         "step_size_trace": {"steps": [1, 2], "values": [lr, lr / 2]}, "finished_at": "t",
     }
 

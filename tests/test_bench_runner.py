@@ -82,7 +82,8 @@ def test_record_has_every_field_and_is_strict_json():
         assert set(entry["val"]) == {"loss", "accuracy"} and set(entry["test"]) == {"loss", "accuracy"}
         assert entry["train_loss"] > 0
     summary = record["summary"]
-    best = max(record["epochs"][1:], key=lambda e: e["val"]["accuracy"])
+    # the documented rule: best validation accuracy, then lower validation loss, then the later epoch
+    best = max(record["epochs"][1:], key=lambda e: (e["val"]["accuracy"], -e["val"]["loss"], e["epoch"]))
     assert summary["best_epoch"] == best["epoch"] and summary["test_at_best"] == best["test"]
     assert summary["final_train_loss"] == record["epochs"][-1]["train_loss"]
 

@@ -32,12 +32,15 @@ def _add_plugin_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_plugins(args) -> None:
-    from .runner import PLUGINS_ENV, load_plugins
+    """The environment's plugins, then --plugin's (errors name where each came from);
+    sweep workers receive them all through the environment variable."""
+    from .plugins import PLUGINS_ENV, load_plugins
 
+    load_plugins()
+    load_plugins(args.plugin, origin="--plugin")
     if args.plugin:
         current = [e for e in os.environ.get(PLUGINS_ENV, "").split(",") if e]
         os.environ[PLUGINS_ENV] = ",".join(current + [p for p in args.plugin if p not in current])
-    load_plugins()
 
 
 def _positive_int(text: str) -> int:
@@ -69,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="run a suite or a grid of trials (resumes where a previous run stopped)")
     what = p_run.add_mutually_exclusive_group(required=True)
-    what.add_argument("--suite", choices=sorted(SUITES))
+    what.add_argument("--suite", metavar="SUITE",
+                      help=f"a named suite: {', '.join(sorted(SUITES))} or one a --plugin registers")
     what.add_argument("--workload", action="append", metavar="W", help="workload name (repeatable)")
     p_run.add_argument("--optimizer", action="append", metavar="O",
                        help="optimizer name (repeatable; with --workload; default: every available optimizer)")
@@ -80,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated step sizes replacing every optimizer's grid")
     p_run.add_argument("--grid-points", type=_positive_int, default=None,
                        help="use the N grid values nearest each optimizer's default")
+    p_run.add_argument("--grid", action="append", default=[], metavar="OPT=V1,V2",
+                       help="step-size grid of one optimizer, e.g. --grid alig=0.01,0.1,1 (repeatable; "
+                            "wins over --step-sizes and --grid-points for that optimizer)")
+    p_run.add_argument("--set", action="append", default=[], metavar="OPT.PARAM=VALUE", dest="fixed",
+                       help="fix a hyperparameter of one optimizer in every trial, e.g. --set alig.momentum=0 "
+                            "(repeatable; part of the trial id; a fixed regulariser is not swept)")
+    p_run.add_argument("--no-tune-regularisation", action="store_true",
+                       help="do not sweep max_norm / weight_decay (the records' defaults apply)")
+    p_run.add_argument("--rerun-changed", action="store_true",
+                       help="rerun finished trials whose plugin or optimizer defaults changed (else: refuse)")
     p_run.add_argument("--results", default="runs", help="results directory (default: runs)")
     p_run.add_argument("--jobs", type=_positive_int, default=DEFAULT_JOBS,
                        help=f"parallel trial processes (default {DEFAULT_JOBS}: up to 2, one per core)")
@@ -93,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="write report.md and plots from a results directory")
     p_report.add_argument("--results", default="runs", help="results directory (default: runs)")
     p_report.add_argument("--no-plots", action="store_true")
+    p_report.add_argument("--selection", choices=("validation", "final"), default=None,
+                          help="selection rule of the tables (default: the suite's, else validation; "
+                               "see polyak.bench.protocol)")
     _add_plugin_arg(p_report)
     return parser
 
@@ -127,12 +144,21 @@ def _cmd_run(args) -> int:
     from .suites import get_suite, plan_grid, plan_suite
     from .sweep import run_sweep
     from .workloads import get_workload
+    from .protocol import check_overrides, parse_grid, parse_set
+    from .sweep import RecordsOutdated
 
-    if args.suite:
+    try:
+        researcher = {"fixed": parse_set(args.fixed), "grids": parse_grid(args.grid),
+                      "tune_regularisation": False if args.no_tune_regularisation else None}
+        suite = get_suite(args.suite) if args.suite else None
+    except (ValueError, KeyError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    if suite is not None:
         if args.optimizer:
             print("--optimizer is ignored with --suite", file=sys.stderr)
-        plan = plan_suite(get_suite(args.suite), size=args.size, epochs=args.epochs, seeds=args.seeds,
-                          grid_points=args.grid_points, step_sizes=args.step_sizes)
+        plan = plan_suite(suite, size=args.size, epochs=args.epochs, seeds=args.seeds,
+                          grid_points=args.grid_points, step_sizes=args.step_sizes, **researcher)
         for line in plan.left_out:
             print(f"suite {plan.suite}: left out {line}", file=sys.stderr)
     else:
@@ -153,14 +179,24 @@ def _cmd_run(args) -> int:
         else:
             optimizers = [n for n, i in all_optimizer_info().items() if i.available]
         plan = plan_grid(workloads, optimizers, size=args.size or "quick", epochs=args.epochs, seeds=args.seeds or 1,
-                         grid_points=args.grid_points, step_sizes=args.step_sizes)
+                         grid_points=args.grid_points, step_sizes=args.step_sizes, **researcher)
+    try:
+        check_overrides(researcher["fixed"], researcher["grids"], plan.optimizers)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not plan.workloads or not plan.optimizers:
         print("nothing to run: no workload or no optimizer is available (see `polyak bench list`)", file=sys.stderr)
         return 2
     trials = plan.trials
     print(f"{plan.describe()}; results in {args.results}", file=sys.stderr)
-    result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                       threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline})
+    try:
+        result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
+                           threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline},
+                           rerun_changed=args.rerun_changed)
+    except RecordsOutdated as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"ran {result.ran} trials ({result.skipped} already done): "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())), file=sys.stderr)
     for workload, message in result.missing_data.items():
@@ -178,7 +214,7 @@ def _cmd_report(args) -> int:
     from .report import main_table, write_report
 
     try:
-        path, data = write_report(args.results, plots=not args.no_plots)
+        path, data = write_report(args.results, plots=not args.no_plots, rule=args.selection)
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2
@@ -190,8 +226,14 @@ def _cmd_report(args) -> int:
 
 
 def bench_main(argv: Optional[List[str]] = None) -> int:
+    from .plugins import PluginError
+
     args = _parser().parse_args(argv)
-    _load_plugins(args)
+    try:
+        _load_plugins(args)
+    except PluginError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     commands = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}
     return commands[args.command](args)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .protocol import DEFAULT_RULE, RULES, Selection, epochs_trained, run_score, select, step_shares, test_value
 from .records import Metric, get_metric
 from .store import DONE_STATUSES, Store
 
@@ -45,6 +46,11 @@ class Cell:
     diverged: int                # of which diverged
     val_score: Optional[float]   # mean validation score (None: all diverged)
     records: List[Dict[str, Any]] = field(default_factory=list)
+    #: the same runs read at their last epoch and at their best validation epoch
+    #: (one of the two equals ``values``: the one the selection rule reads)
+    final_values: List[float] = field(default_factory=list)
+    best_values: List[float] = field(default_factory=list)
+    selection: Optional[Selection] = None  # how it was chosen (rule, ties, grid edge)
 
     @property
     def mean(self) -> Optional[float]:
@@ -67,21 +73,12 @@ class ReportData:
     trials: int
     failures: List[Dict[str, Any]] = field(default_factory=list)  # records with status "error"
     max_jobs: int = 1  # most trials that ran at the same time (timing noise)
+    rule: str = DEFAULT_RULE  # the selection rule of every table (polyak.bench.protocol.RULES)
+    records: List[Dict[str, Any]] = field(default_factory=list)  # the finished records
 
     def label(self, column: Tuple[str, str]) -> str:
         sizes = {size for _, size in self.columns}
         return column[0] if len(sizes) == 1 else f"{column[0]} ({column[1]})"
-
-
-def _reported(record: Dict[str, Any], metric: Metric) -> Optional[float]:
-    summary = record.get("summary") or {}
-    if record.get("diverged"):
-        return None
-    if metric.name == "accuracy":
-        test = summary.get("test_at_best") or {}
-        value = test.get("accuracy")
-        return 100.0 * value if isinstance(value, (int, float)) else None
-    return summary.get("final_train_loss")
 
 
 def _setting_key(record: Dict[str, Any]) -> str:
@@ -89,8 +86,28 @@ def _setting_key(record: Dict[str, Any]) -> str:
     return json.dumps({"h": config.get("hyperparameters") or {}, "e": config.get("epochs")}, sort_keys=True)
 
 
-def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
-    """Select settings on validation and gather everything the report shows."""
+def _values(records: Sequence[Dict[str, Any]], metric: Metric, epochs: Sequence[Optional[int]]) -> List[float]:
+    return [v for v in (test_value(r, metric, e) for r, e in zip(records, epochs)) if v is not None]
+
+
+def _cell(choice: Selection, metric: Metric) -> Cell:
+    best = [run_score(r, metric, "validation").epoch for r in choice.records]
+    final = [epochs_trained(r) for r in choice.records]
+    return Cell(hyperparameters=choice.hyperparameters, values=_values(choice.records, metric, choice.epochs),
+                seeds=len(choice.records), diverged=sum(bool(r.get("diverged")) for r in choice.records),
+                val_score=choice.score, records=choice.records, final_values=_values(choice.records, metric, final),
+                best_values=_values(choice.records, metric, best), selection=choice)
+
+
+def recorded_rule(records: Sequence[Dict[str, Any]]) -> str:
+    """The selection rule the records' suite asks for (``sweep.selection``), else the default."""
+    named = [(r.get("sweep") or {}).get("selection") for r in records]
+    return max(set(named) - {None}, key=named.count, default=DEFAULT_RULE)
+
+
+def collect(records: Sequence[Dict[str, Any]], rule: Optional[str] = None) -> ReportData:
+    """Select settings (``rule``: see polyak.bench.protocol; None: the records' suite's
+    rule, else "validation") and gather everything the report shows."""
     failures = [r for r in records if r.get("status") not in DONE_STATUSES]
     records = [r for r in records if r.get("status") in DONE_STATUSES]
     by_task: Dict[Tuple[Tuple[str, str], str], Dict[str, List[Dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -108,25 +125,11 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
         if pps.get("forward") is not None:
             passes[config["optimizer"]].append((pps["forward"], pps["backward"]))
 
-    cells: Dict[Tuple[Tuple[str, str], str], Cell] = {}
-    for (column, optimizer), settings in by_task.items():
-        best: Optional[Tuple[float, Cell]] = None
-        for group in settings.values():
-            scores = [(r.get("summary") or {}).get("val_score") for r in group]
-            # a setting with a diverged seed (no score) is disqualified: it ranks below every complete one
-            complete = all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores)
-            mean_val = statistics.fmean(scores) if complete else None
-            rank = -math.inf if mean_val is None else metrics[column].key(mean_val)
-            cell = Cell(
-                hyperparameters=group[0]["config"].get("hyperparameters") or {},
-                values=[v for v in (_reported(r, metrics[column]) for r in group) if v is not None],
-                seeds=len(group), diverged=sum(bool(r.get("diverged")) for r in group),
-                val_score=mean_val,
-                records=sorted(group, key=lambda r: r["config"]["seed"]),
-            )
-            if best is None or rank > best[0]:
-                best = (rank, cell)
-        cells[(column, optimizer)] = best[1]
+    rule = rule or recorded_rule(records)
+    cells: Dict[Tuple[Tuple[str, str], str], Cell] = {
+        (column, optimizer): _cell(select(settings, metrics[column], rule), metrics[column])
+        for (column, optimizer), settings in by_task.items()
+    }
 
     named = [(r.get("sweep") or {}).get("time_baseline") for r in records]
     baseline = max(set(named) - {None}, key=named.count, default=BASELINE)
@@ -140,7 +143,7 @@ def collect(records: Sequence[Dict[str, Any]]) -> ReportData:
     mean_passes = {opt: (statistics.fmean(f for f, _ in ps), statistics.fmean(b for _, b in ps)) for opt, ps in passes.items()}
     max_jobs = max([int((r.get("sweep") or {}).get("jobs") or 1) for r in records] + [1])
     return ReportData(columns, metrics, optimizers, cells, time_ratio, baseline_time, mean_passes, len(records),
-                      failures, max_jobs)
+                      failures, max_jobs, rule, records)
 
 
 # --------------------------------------------------------------------- text
@@ -156,9 +159,42 @@ def _cell_text(cell: Optional[Cell], metric: Metric) -> str:
     text = _format_value(cell.mean, metric)
     if len(cell.values) > 1:
         text += f" ± {_format_value(cell.std, metric)}"
+    # accuracy workloads show the other epoch too: best-validation and final-epoch test accuracy
+    label, other = ("final", cell.final_values) if rule_of(cell) == "validation" else ("best-val", cell.best_values)
+    if metric.name == "accuracy" and other:
+        text += f" ({label} {_format_value(statistics.fmean(other), metric)})"
     if cell.diverged:
         text += f" ({cell.diverged}/{cell.seeds} diverged)"
+    selection = cell.selection
+    if selection is not None and selection.tied:
+        text += " †"
+    if selection is not None and selection.edge:
+        text += " ‡"
     return text
+
+
+def rule_of(cell: Cell) -> str:
+    return cell.selection.rule if cell.selection is not None else DEFAULT_RULE
+
+
+def plugin_marks(records: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, str], str]:
+    """(kind, name) -> "plugin FILE sha256 PREFIX" for workloads and optimizers a plugin provided."""
+    marks = {}
+    for record in records:
+        for kind, entry in (record.get("provenance") or {}).items():
+            if isinstance(entry, dict) and entry.get("sha256"):
+                name = record["config"][kind]
+                marks[(kind, name)] = f"plugin {Path(str(entry['source'])).name} sha256 {entry['sha256'][:12]}"
+    return marks
+
+
+def _legend(data: ReportData) -> str:
+    """What every table's cells mean: the rule, the other epoch, the flags."""
+    other = "final-epoch" if data.rule == "validation" else "best-validation-epoch"
+    return (f"Selection: {RULES[data.rule]}. Accuracy cells: test accuracy at the epoch the rule reads, "
+            f"then in brackets the {other} test accuracy of the same runs. † the selected setting tied with "
+            "others on validation (tie broken as stated; see the selected-hyperparameters table); ‡ the selected "
+            "step size is the smallest or largest of the grid tried (the best may lie outside it).")
 
 
 def _best_per_column(data: ReportData) -> Dict[Tuple[str, str], Optional[str]]:
@@ -180,27 +216,65 @@ def main_table(data: ReportData) -> str:
         f"{data.label(c)} {data.metrics[c].label}"
         for c in data.columns
     ]
+    marks = plugin_marks(data.records)
+    header = [h + (f" [{marks[('workload', c[0])]}]" if ('workload', c[0]) in marks else "")
+              for h, c in zip(header, [None] + data.columns)] if marks else header
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for optimizer in data.optimizers:
-        row = [optimizer]
+        row = [optimizer + (f" [{marks[('optimizer', optimizer)]}]" if ("optimizer", optimizer) in marks else "")]
         for column in data.columns:
             text = _cell_text(data.cells.get((column, optimizer)), data.metrics[column])
             row.append(f"**{text}**" if best[column] == optimizer else text)
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return _legend(data) + "\n\n" + "\n".join(lines)
+
+
+def _hyper_text(hyper: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(hyper.items())) or "defaults"
 
 
 def _settings_table(data: ReportData) -> str:
-    lines = ["| workload | optimizer | selected hyperparameters | val score | seeds |", "|---|---|---|---|---|"]
+    lines = [f"Selection: {RULES[data.rule]}.", "",
+             "| workload | optimizer | selected hyperparameters | val score | epoch read (per seed) | "
+             "epochs trained / planned | tied on validation with | grid edge | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for column in data.columns:
         for optimizer in data.optimizers:
             cell = data.cells.get((column, optimizer))
             if cell is None:
                 continue
-            hyper = ", ".join(f"{k}={v}" for k, v in sorted(cell.hyperparameters.items())) or "defaults"
             val = "-" if cell.val_score is None else f"{cell.val_score:.4g}"
-            lines.append(f"| {data.label(column)} | {optimizer} | {hyper} | {val} | {cell.seeds} |")
+            selection = cell.selection
+            read = ", ".join("-" if e is None else str(e) for e in selection.epochs) if selection else "-"
+            trained = ", ".join(f"{epochs_trained(r)}/{(r.get('workload') or {}).get('epochs', '?')}"
+                                for r in cell.records)
+            tied = "; ".join(_hyper_text(h) for h in selection.tied) if selection and selection.tied else "-"
+            edge = (f"{selection.edge} {selection.step_param} of {list(selection.step_grid)}"
+                    if selection and selection.edge else "-")
+            lines.append(f"| {data.label(column)} | {optimizer} | {_hyper_text(cell.hyperparameters)} | {val} | "
+                         f"{read} | {trained} | {tied} | {edge} | {cell.seeds} |")
     return "\n".join(lines)
+
+
+def _step_share_table(data: ReportData) -> str:
+    """Polyak-type steps: share clipped at max_lr and share exactly 0, per workload,
+    optimizer and step size (all seeds and regularisation values of that step size)."""
+    groups: Dict[Tuple[Tuple[str, str], str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for record in data.records:
+        config = record["config"]
+        param = (record.get("optimizer") or {}).get("step_size_param")
+        step = (config.get("hyperparameters") or {}).get(param, "default") if param else "-"
+        groups[((config["workload"], config["size"]), config["optimizer"], f"{param}={step}" if param else "-")].append(record)
+    lines = ["| workload | optimizer | step size | steps clipped at max_lr | steps exactly 0 | steps counted |",
+             "|---|---|---|---|---|---|"]
+    for (column, optimizer, step), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        shares = step_shares(records)
+        if shares is None:
+            continue
+        clipped, zero, steps = shares
+        lines.append(f"| {data.label(column)} | {optimizer} | {step} | {100 * clipped:.1f}% | {100 * zero:.1f}% | "
+                     f"{steps} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _time_table(data: ReportData) -> str:
@@ -226,9 +300,8 @@ def render_markdown(data: ReportData, plots: Sequence[str] = ()) -> str:
     parts = [
         "# polyak benchmark report",
         "",
-        f"{data.trials} finished trials. Each cell: test metric of the hyperparameters selected on validation "
-        "(mean ± std over seeds); accuracy workloads give test accuracy at the best validation epoch, loss "
-        "workloads the final training loss. Best per workload in bold.",
+        f"{data.trials} finished trials. Each cell: the test metric of the setting the selection rule picks "
+        "(mean ± std over seeds); loss workloads give the final training loss. Best per workload in bold.",
         "",
         main_table(data),
         "",
@@ -244,6 +317,13 @@ def render_markdown(data: ReportData, plots: Sequence[str] = ()) -> str:
         _settings_table(data),
         "",
     ]
+    shares = _step_share_table(data)
+    if shares:
+        parts += ["## Polyak steps: clipped at max_lr, exactly 0", "",
+                  "Share of all steps (every step counted, first param group). Clipped at max_lr in nearly every "
+                  "step: the method acted as SGD (with its momentum) at lr = max_lr. Exactly 0: the loss was at "
+                  "or below its lower bound / estimated optimal value, so the step did not move.", "",
+                  shares, ""]
     if data.failures:
         parts += ["## Failed trials", "", "Not in the tables; rerunning the sweep retries them.", "",
                   "| workload | optimizer | hyperparameters | seed | error |", "|---|---|---|---|---|"]
@@ -391,15 +471,17 @@ def plot_performance_profile(data: ReportData, out_dir: Path) -> List[str]:
     return [_save(fig, out_dir, "performance_profile.png")]
 
 
-def write_report(results_dir: Union[str, Path] = "runs", *, plots: bool = True) -> Tuple[Path, ReportData]:
-    """Write ``report.md`` and the PNGs into ``results_dir``; returns the path and the data."""
+def write_report(results_dir: Union[str, Path] = "runs", *, plots: bool = True,
+                 rule: Optional[str] = None) -> Tuple[Path, ReportData]:
+    """Write ``report.md`` and the PNGs into ``results_dir``; returns the path and the data.
+    rule: the selection rule (polyak.bench.protocol.RULES; None: the records' suite's)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist; run `polyak bench run` first "
                                 "or point --results to a results directory")
     with Store(results_dir) as store:
         store.sync()
-        data = collect(store.records())
+        data = collect(store.records(), rule)
     written: List[str] = []
     if plots and data.columns:
         written += plot_curves(data, results_dir)

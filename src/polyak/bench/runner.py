@@ -233,11 +233,6 @@ class _Stepper:
 
 
 # ----------------------------------------------------------------- the trial
-def _score(metrics: Mapping[str, Any], metric: str) -> Optional[float]:
-    value = metrics.get(metric)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
     return all(not isinstance(v, float) or math.isfinite(v) for v in metrics.values())
 
@@ -255,21 +250,18 @@ def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
 
 
 def summarise(epochs: List[Dict[str, Any]], metric: str, diverged: bool) -> Dict[str, Any]:
-    """Best epoch on validation (epoch >= 1), the test metrics there, final training loss."""
-    direction = get_metric(metric)
-    best = None
-    for entry in epochs:
-        if entry["epoch"] < 1:
-            continue
-        score = _score(entry.get("val") or {}, metric)
-        if score is not None and (best is None or direction.better(score, best[0])):
-            best = (score, entry)
+    """Best epoch on validation (epoch >= 1; ties: lower validation loss, then the
+    later epoch, see polyak.bench.protocol), the test metrics there, final training loss."""
+    from .protocol import run_score
+
+    best = run_score({"epochs": epochs}, get_metric(metric), "validation")
+    entry = next((e for e in epochs if e["epoch"] == best.epoch), None)
     trained = [e for e in epochs if e["epoch"] >= 1 and e.get("train_loss") is not None]
     return {
         "metric": metric,
-        "best_epoch": best[1]["epoch"] if best else None,
-        "val_score": None if diverged or best is None else best[0],
-        "test_at_best": None if best is None else best[1].get("test"),
+        "best_epoch": best.epoch,
+        "val_score": None if diverged else best.score,
+        "test_at_best": None if entry is None else entry.get("test"),
         "final_train_loss": None if diverged or not trained else trained[-1]["train_loss"],
     }
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from .optimizers import all_optimizer_info
 from .records import TrialConfig
 
-__all__ = ["Suite", "SUITES", "get_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan", "plan_suite",
+__all__ = ["Suite", "SUITES", "get_suite", "register_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan", "plan_suite",
            "plan_grid"]
 
 
@@ -64,6 +64,10 @@ class Protocol:
     tune_regularisation: bool = False
     epochs: Optional[int] = None
     step_sizes: Optional[Tuple[float, ...]] = None
+    #: per-optimizer step-size grids (``--grid alig=0.01,0.1``) and fixed hyperparameters
+    #: (``--set alig.momentum=0``); see polyak.bench.protocol
+    grids: Mapping[str, Tuple[float, ...]] = field(default_factory=dict)
+    fixed: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 _LITE_CHEAP = ("matfac-rank1", "matfac-rank4", "matfac-rank10", "matfac-true", "kernel-spam", "kernel-shuttle")
@@ -112,6 +116,27 @@ def get_suite(name: str) -> Suite:
     if name not in SUITES:
         raise KeyError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
     return SUITES[name]
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Add a suite (plugins call this); ``--suite NAME`` then runs it. A name
+    taken by another suite fails with both sources named."""
+    import sys
+
+    from .plugins import check_name, registration_source, remember_source, source_of
+
+    if not isinstance(suite, Suite):
+        raise TypeError(f"register_suite needs a polyak.bench.suites.Suite, got {type(suite).__name__}")
+    check_name("suite", suite.name)
+    source = registration_source(sys._getframe(1).f_globals.get("__name__"))
+    if SUITES.get(suite.name) is suite:
+        return suite
+    if suite.name in SUITES:
+        raise ValueError(f"suite {suite.name!r} from {source} collides with the suite of that name registered by "
+                         f"{source_of('suite', suite.name) or 'polyak.bench.suites'}; give yours another name")
+    SUITES[suite.name] = suite
+    remember_source("suite", suite.name, source)
+    return suite
 
 
 @dataclass(frozen=True)
@@ -179,12 +204,14 @@ def _trials(workloads: Sequence[str], optimizers: Sequence[str], size: str,
     return tuple(trial for w in workloads for trial in grid_trials(
         [w], optimizers, size, range(protocols[w].seeds), epochs=protocols[w].epochs,
         grid_points=protocols[w].grid_points, step_sizes=protocols[w].step_sizes,
-        tune_regularisation=protocols[w].tune_regularisation))
+        tune_regularisation=protocols[w].tune_regularisation, grids=protocols[w].grids, fixed=protocols[w].fixed))
 
 
 def plan_suite(suite: Suite, *, size: Optional[str] = None, epochs: Optional[int] = None,
                seeds: Optional[int] = None, grid_points: Optional[int] = None,
-               step_sizes: Optional[Sequence[float]] = None) -> TrialPlan:
+               step_sizes: Optional[Sequence[float]] = None, tune_regularisation: Optional[bool] = None,
+               grids: Optional[Mapping[str, Sequence[float]]] = None,
+               fixed: Optional[Mapping[str, Mapping[str, object]]] = None) -> TrialPlan:
     """The trials of ``suite`` here and now; the keyword arguments replace the suite's values for every workload."""
     resolved = resolve_suite(suite)
     protocols: Dict[str, Protocol] = {}
@@ -192,7 +219,10 @@ def plan_suite(suite: Suite, *, size: Optional[str] = None, epochs: Optional[int
         p = suite.protocol(w)
         protocols[w] = replace(p, seeds=seeds or p.seeds, epochs=epochs or p.epochs,
                                grid_points=grid_points if grid_points is not None else p.grid_points,
-                               step_sizes=tuple(step_sizes) if step_sizes else None)
+                               step_sizes=tuple(step_sizes) if step_sizes else None,
+                               tune_regularisation=p.tune_regularisation if tune_regularisation is None
+                               else tune_regularisation,
+                               grids={k: tuple(v) for k, v in (grids or {}).items()}, fixed=dict(fixed or {}))
     size = size or suite.size
     return TrialPlan(_trials(resolved.workloads, resolved.optimizers, size, protocols), resolved.workloads,
                      resolved.optimizers, size, protocols, resolved.left_out, suite.name, suite.time_baseline)
@@ -200,12 +230,15 @@ def plan_suite(suite: Suite, *, size: Optional[str] = None, epochs: Optional[int
 
 def plan_grid(workloads: Sequence[str], optimizers: Sequence[str], *, size: str = "quick",
               epochs: Optional[int] = None, seeds: int = 1, grid_points: Optional[int] = None,
-              step_sizes: Optional[Sequence[float]] = None, tune_regularisation: Optional[bool] = None) -> TrialPlan:
+              step_sizes: Optional[Sequence[float]] = None, tune_regularisation: Optional[bool] = None,
+              grids: Optional[Mapping[str, Sequence[float]]] = None,
+              fixed: Optional[Mapping[str, Mapping[str, object]]] = None) -> TrialPlan:
     """The trials of explicit workloads and optimizers (names already checked).
     tune_regularisation defaults to True except at size quick."""
     tune = size != "quick" if tune_regularisation is None else tune_regularisation
     protocol = Protocol(seeds=seeds, grid_points=grid_points, tune_regularisation=tune, epochs=epochs,
-                        step_sizes=tuple(step_sizes) if step_sizes else None)
+                        step_sizes=tuple(step_sizes) if step_sizes else None,
+                        grids={k: tuple(v) for k, v in (grids or {}).items()}, fixed=dict(fixed or {}))
     workloads, optimizers = tuple(dict.fromkeys(workloads)), tuple(dict.fromkeys(optimizers))
     protocols = {w: protocol for w in workloads}
     return TrialPlan(_trials(workloads, optimizers, size, protocols), workloads, optimizers, size, protocols)

@@ -23,6 +23,7 @@ its share of the CPU threads so that jobs do not oversubscribe the cores.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -31,16 +32,17 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from .optimizers import get_bench_spec, regularisation_param
+from .plugins import changes_since
 from .runner import PLUGINS_ENV, TrialConfig, load_plugins, run_trial
 from .store import Store
 
-__all__ = ["REGULARISATION_GRIDS", "SweepResult", "grid_trials", "step_size_values", "regularisation_values",
-           "run_sweep", "execute_trial"]
+__all__ = ["REGULARISATION_GRIDS", "RecordsOutdated", "outdated_trials", "SweepResult", "grid_trials",
+           "step_size_values", "regularisation_values", "run_sweep", "execute_trial"]
 
 #: Regularisation grids per size. "quick" does not tune it (the record's default
 #: applies). max_norm: the ALI-G paper's radii; weight decay: the usual CIFAR values.
@@ -83,24 +85,34 @@ def grid_trials(
     grid_points: Optional[int] = None,
     step_sizes: Optional[Sequence[float]] = None,
     tune_regularisation: bool = True,
+    grids: Optional[Mapping[str, Sequence[float]]] = None,
+    fixed: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> List[TrialConfig]:
     """Every trial of the grid, workload-major (so partial sweeps cover workloads in order).
 
     step_sizes overrides every record's grid (for optimizers that have a step-size
-    hyperparameter); grid_points shortens the records' grids around their defaults.
+    hyperparameter); grids[optimizer] overrides it for one optimizer (``--grid``);
+    grid_points shortens the records' grids around their defaults. fixed[optimizer]
+    are hyperparameters set in every trial of that optimizer (``--set``): part of
+    the config, so they change the trial id.
     """
+    grids, fixed = grids or {}, fixed or {}
     trials = []
     for workload in workloads:
         for name in optimizers:
             spec = get_bench_spec(name)
-            if step_sizes is not None and spec.step_size_param:
-                lrs: Tuple[Optional[float], ...] = tuple(step_sizes)
+            if spec.name in grids:
+                lrs: Tuple[Optional[float], ...] = tuple(grids[spec.name])
+            elif step_sizes is not None and spec.step_size_param:
+                lrs = tuple(step_sizes)
             else:
                 lrs = step_size_values(spec, grid_points)
             reg_param, regs = regularisation_values(spec, size) if tune_regularisation else ("", ())
+            if reg_param in fixed.get(spec.name, {}):
+                reg_param, regs = "", ()  # fixed by the user: not swept
             for lr in lrs:
                 for reg in regs or (None,):
-                    hyper: Dict[str, Any] = {}
+                    hyper: Dict[str, Any] = dict(fixed.get(spec.name, {}))
                     if lr is not None:
                         hyper[spec.step_size_param] = float(lr)
                     if regs:
@@ -108,6 +120,33 @@ def grid_trials(
                     for seed in seeds:
                         trials.append(TrialConfig(workload, size, spec.name, hyper, int(seed), epochs))
     return trials
+
+
+class RecordsOutdated(RuntimeError):
+    """Finished records whose plugin or optimizer defaults changed since they were made."""
+
+    def __init__(self, changes: Dict[str, List[str]]):
+        self.changes = changes
+        first = "; ".join(f"{trial}: {', '.join(lines)}" for trial, lines in list(changes.items())[:3])
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        super().__init__(
+            f"{len(changes)} finished trial(s) were made with another version of what they depend on: {first}{more}. "
+            "Rerun them with --rerun-changed (rerun_changed=True; their records are replaced), "
+            "or write to another --results directory")
+
+
+def outdated_trials(store: Store, trials: Sequence[TrialConfig]) -> Dict[str, List[str]]:
+    """trial id -> changes (polyak.bench.plugins.changes_since) for the finished ``trials`` that changed."""
+    out = {}
+    for trial in trials:
+        try:
+            record = json.loads(store.record_path(trial.trial_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: the store's sync warned about it
+        changes = changes_since(record)
+        if changes:
+            out[trial.trial_id] = changes
+    return out
 
 
 #: status counted for trials not started because their workload's data is missing
@@ -167,12 +206,18 @@ def run_sweep(
     threads: Optional[int] = None,
     on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
     sweep_info: Optional[Dict[str, Any]] = None,
+    rerun_changed: bool = False,
 ) -> SweepResult:
     """Run the trials that have no finished record in ``results_dir``.
 
     threads: torch threads per trial process (default: the cores divided by
     ``jobs``; 1 is fastest for tiny models on a busy machine). sweep_info: stored
-    in every record's ``sweep`` field (the suite's name and time baseline)."""
+    in every record's ``sweep`` field (the suite's name and time baseline).
+
+    A finished record made with another version of a plugin, or with other record
+    defaults of its optimizer, is not reused: the sweep raises :class:`RecordsOutdated`
+    naming the changes, or with ``rerun_changed`` reruns those trials (their records
+    are replaced)."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
     unique: Dict[str, TrialConfig] = {}
@@ -182,6 +227,10 @@ def run_sweep(
     try:
         store.sync()
         done = store.completed_ids()
+        outdated = outdated_trials(store, [t for t in unique.values() if t.trial_id in done])
+        if outdated and not rerun_changed:
+            raise RecordsOutdated(outdated)
+        done -= set(outdated)
         todo = [t for t in unique.values() if t.trial_id not in done]
         statuses: Dict[str, int] = {}
 
