@@ -183,13 +183,16 @@ def execute_trial(config: TrialConfig, results_dir: str, data_dir: Optional[str]
 def _exit_when_orphaned(parent: int) -> None:
     # A sweep killed with SIGKILL cannot stop its workers; they notice the new parent and
     # leave, so a killed sweep stops within a second (a record being written stays whole).
+    # ``parent`` is the sweep's pid as the sweep itself saw it: a worker whose parent died
+    # while it was still starting (importing torch) is already orphaned when this runs, and
+    # reading os.getppid() here would watch its new parent (init) forever.
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)
 
 
-def _worker_init(threads: int, plugins: str) -> None:
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+def _worker_init(threads: int, plugins: str, parent: int) -> None:
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     os.environ[PLUGINS_ENV] = plugins
     load_plugins(plugins)
@@ -286,7 +289,7 @@ def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted, swe
     plugins = os.environ.get(PLUGINS_ENV, "")
     # spawn, not fork: forking a process whose torch thread pool is running can deadlock
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads, plugins)) as pool:
+                             initargs=(threads, plugins, os.getpid())) as pool:
         # submit a few at a time so that trials of a workload whose data is missing are not started
         queue = list(todo)
         pending = set()
