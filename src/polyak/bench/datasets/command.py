@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 
 from .cache import DATA_DIR_ENV, FetchError, cache_dir
 from .fetching import FETCHABLE, cache_problems, fetch, is_available
+from .mlbench import MLBENCH_SETS
 
 # Sets a user provides: (name, folder under the data root, where to get it, loader).
 USER_PROVIDED = (
@@ -63,6 +64,11 @@ def _list(data_dir: Optional[str]) -> int:
     for name, spec in FETCHABLE.items():
         state = "present" if is_available(name, data_dir) else ("damaged" if (root / name).exists() else "missing")
         print(f"  {name:14s} {state:8s} {root / name}  {spec.description}; {spec.loader}()")
+        if name == "mlbench":
+            for set_name, entry in MLBENCH_SETS.items():
+                rows, features = entry.shape
+                print(f"    {set_name:12s} {entry.file:24s} {rows}x{features}, {entry.classes} classes: {entry.summary}; "
+                      f"load_mlbench({set_name!r})")
     print("provide yourself (extract into the data root, or pass root=DIR to the loader):")
     for name, folder, source, loader in USER_PROVIDED:
         state = "present" if (root / folder).exists() else "missing"

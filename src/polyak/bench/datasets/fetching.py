@@ -139,7 +139,7 @@ FETCHABLE: Dict[str, FetchSpec] = {
         ),
         FetchSpec(
             name="mlbench",
-            description="Statlog Shuttle 58000x9 (Shuttle.rda) and other UCI sets",
+            description="Statlog Shuttle 58000x9 and 10 other UCI classification sets (polyak.bench.datasets.MLBENCH_SETS)",
             registry="debian",
             package="r-cran-mlbench",
             version="2.1-3-1",
@@ -153,8 +153,13 @@ FETCHABLE: Dict[str, FetchSpec] = {
                 "DNA.rda",
                 "Sonar.rda",
                 "Ionosphere.rda",
+                "Vehicle.rda",
+                "Vowel.rda",
+                "Glass.rda",
+                "PimaIndiansDiabetes.rda",
+                "BreastCancer.rda",
             ),
-            loader="load_shuttle",
+            loader="load_shuttle / load_mlbench",
         ),
     )
 }
