@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .records import Metric
 
-__all__ = ["RULES", "DEFAULT_RULE", "RunScore", "Selection", "run_score", "select", "test_value", "epochs_trained",
+__all__ = ["RULES", "DEFAULT_RULE", "RunScore", "Selection", "run_score", "select", "reported_value", "epochs_trained",
            "step_shares", "parse_set", "parse_grid", "check_overrides"]
 
 RULES: Dict[str, str] = {
@@ -95,7 +95,7 @@ def run_score(record: Mapping[str, Any], metric: Metric, rule: str = DEFAULT_RUL
                     entry["epoch"])
 
 
-def test_value(record: Mapping[str, Any], metric: Metric, epoch: Optional[int]) -> Optional[float]:
+def reported_value(record: Mapping[str, Any], metric: Metric, epoch: Optional[int]) -> Optional[float]:
     """The reported number of one run at ``epoch``: test accuracy in %, or for loss
     workloads the final training loss (None: diverged or absent)."""
     if record.get("diverged"):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .protocol import DEFAULT_RULE, RULES, Selection, epochs_trained, run_score, select, step_shares, test_value
+from .protocol import DEFAULT_RULE, RULES, Selection, epochs_trained, run_score, select, step_shares, reported_value
 from .records import Metric, get_metric
 from .store import DONE_STATUSES, Store
 
@@ -87,7 +87,7 @@ def _setting_key(record: Dict[str, Any]) -> str:
 
 
 def _values(records: Sequence[Dict[str, Any]], metric: Metric, epochs: Sequence[Optional[int]]) -> List[float]:
-    return [v for v in (test_value(r, metric, e) for r, e in zip(records, epochs)) if v is not None]
+    return [v for v in (reported_value(r, metric, e) for r, e in zip(records, epochs)) if v is not None]
 
 
 def _cell(choice: Selection, metric: Metric) -> Cell:
