@@ -16,8 +16,10 @@ sweep worker.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 __all__ = ["main", "bench_main"]
@@ -52,8 +54,8 @@ def _float_list(text: str) -> List[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--step-sizes takes comma-separated numbers, e.g. 0.01,0.1,1; got {text!r}")
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--step-sizes needs positive numbers, got {text!r}")
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--step-sizes needs positive finite numbers, got {text!r}")
     return values
 
 
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="write report.md and plots from a results directory")
     p_report.add_argument("--results", default="runs", help="results directory (default: runs)")
     p_report.add_argument("--no-plots", action="store_true")
+    p_report.add_argument("--out", default=None, help="write report.md and plots here (default: the results directory)")
     _add_plugin_arg(p_report)
     return parser
 
@@ -124,6 +127,8 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from .optimizers import all_optimizer_info, optimizer_info
     from .report import main_table, write_report
+    from .runner import DeviceUnavailable
+    from .store import ResultsNotWritable
     from .suites import get_suite, plan_grid, plan_suite
     from .sweep import run_sweep
     from .workloads import get_workload
@@ -159,8 +164,12 @@ def _cmd_run(args) -> int:
         return 2
     trials = plan.trials
     print(f"{plan.describe()}; results in {args.results}", file=sys.stderr)
-    result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                       threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline})
+    try:
+        result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
+                           threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline})
+    except (ResultsNotWritable, DeviceUnavailable) as error:  # refused before any trial started
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"ran {result.ran} trials ({result.skipped} already done): "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())), file=sys.stderr)
     for workload, message in result.missing_data.items():
@@ -176,11 +185,12 @@ def _cmd_run(args) -> int:
 
 def _cmd_report(args) -> int:
     from .report import main_table, write_report
+    from .store import ResultsNotWritable
 
     try:
-        path, data = write_report(args.results, plots=not args.no_plots)
-    except FileNotFoundError as error:
-        print(error, file=sys.stderr)
+        path, data = write_report(args.results, plots=not args.no_plots, out_dir=args.out)
+    except (FileNotFoundError, ResultsNotWritable) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if not data.columns:
         print(f"no finished trials in {args.results}", file=sys.stderr)
@@ -189,7 +199,17 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _plain_warnings() -> None:
+    """Warnings (a skipped damaged record, an index rebuilt) as one 'warning: ...' line each,
+    without the source line a Python warning normally prints."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def bench_main(argv: Optional[List[str]] = None) -> int:
+    _plain_warnings()
     args = _parser().parse_args(argv)
     _load_plugins(args)
     commands = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}

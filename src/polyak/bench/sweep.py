@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .optimizers import get_bench_spec, regularisation_param
-from .runner import PLUGINS_ENV, TrialConfig, load_plugins, run_trial
+from .runner import PLUGINS_ENV, TrialConfig, check_device, load_plugins, run_trial
 from .store import Store
 
 __all__ = ["REGULARISATION_GRIDS", "SweepResult", "grid_trials", "step_size_values", "regularisation_values",
@@ -89,6 +89,9 @@ def grid_trials(
     step_sizes overrides every record's grid (for optimizers that have a step-size
     hyperparameter); grid_points shortens the records' grids around their defaults.
     """
+    bad = [v for v in step_sizes or () if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+    if bad:  # nan would be recorded as lr=None (JSON has no nan) and run with the default instead
+        raise ValueError(f"step_sizes must be positive finite numbers, got {bad}")
     trials = []
     for workload in workloads:
         for name in optimizers:
@@ -178,6 +181,7 @@ def run_sweep(
     in every record's ``sweep`` field (the suite's name and time baseline)."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
+    check_device(device)  # a wrong device fails here, not as one error record per trial
     unique: Dict[str, TrialConfig] = {}
     for trial in trials:
         unique.setdefault(trial.trial_id, trial)
