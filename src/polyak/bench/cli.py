@@ -16,8 +16,10 @@ sweep worker.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 __all__ = ["main", "bench_main"]
@@ -55,8 +57,8 @@ def _float_list(text: str) -> List[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--step-sizes takes comma-separated numbers, e.g. 0.01,0.1,1; got {text!r}")
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--step-sizes needs positive numbers, got {text!r}")
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--step-sizes needs positive finite numbers, got {text!r}")
     return values
 
 
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p_report.add_argument("--selection", choices=("validation", "final"), default=None,
                           help="selection rule of the tables (default: the suite's, else validation; "
                                "see polyak.bench.protocol)")
+    p_report.add_argument("--out", default=None, help="write report.md and plots here (default: the results directory)")
     _add_plugin_arg(p_report)
     return parser
 
@@ -141,11 +144,12 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from .optimizers import all_optimizer_info, optimizer_info
     from .report import main_table, write_report
-    from .suites import get_suite, plan_grid, plan_suite
-    from .sweep import run_sweep
-    from .workloads import get_workload
+    from .runner import DeviceUnavailable
+    from .store import ResultsNotWritable
     from .protocol import check_overrides, parse_grid, parse_set
-    from .sweep import RecordsOutdated
+    from .suites import get_suite, plan_grid, plan_suite
+    from .sweep import RecordsOutdated, run_sweep
+    from .workloads import get_workload
 
     try:
         researcher = {"fixed": parse_set(args.fixed), "grids": parse_grid(args.grid),
@@ -194,7 +198,7 @@ def _cmd_run(args) -> int:
         result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
                            threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline},
                            rerun_changed=args.rerun_changed)
-    except RecordsOutdated as error:
+    except (ResultsNotWritable, DeviceUnavailable, RecordsOutdated) as error:  # refused before any trial started
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"ran {result.ran} trials ({result.skipped} already done): "
@@ -212,11 +216,12 @@ def _cmd_run(args) -> int:
 
 def _cmd_report(args) -> int:
     from .report import main_table, write_report
+    from .store import ResultsNotWritable
 
     try:
-        path, data = write_report(args.results, plots=not args.no_plots, rule=args.selection)
-    except FileNotFoundError as error:
-        print(error, file=sys.stderr)
+        path, data = write_report(args.results, plots=not args.no_plots, out_dir=args.out, rule=args.selection)
+    except (FileNotFoundError, ResultsNotWritable) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if not data.columns:
         print(f"no finished trials in {args.results}", file=sys.stderr)
@@ -225,9 +230,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _plain_warnings() -> None:
+    """Warnings (a skipped damaged record, an index rebuilt) as one 'warning: ...' line each,
+    without the source line a Python warning normally prints."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def bench_main(argv: Optional[List[str]] = None) -> int:
     from .plugins import PluginError
 
+    _plain_warnings()
     args = _parser().parse_args(argv)
     try:
         _load_plugins(args)

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .protocol import DEFAULT_RULE, RULES, Selection, epochs_trained, run_score, select, step_shares, reported_value
 from .records import Metric, get_metric
-from .store import DONE_STATUSES, Store
+from .store import DONE_STATUSES, Store, check_writable
 
 __all__ = ["Cell", "ReportData", "collect", "render_markdown", "write_report", "main_table"]
 
@@ -472,16 +472,20 @@ def plot_performance_profile(data: ReportData, out_dir: Path) -> List[str]:
 
 
 def write_report(results_dir: Union[str, Path] = "runs", *, plots: bool = True,
-                 rule: Optional[str] = None) -> Tuple[Path, ReportData]:
-    """Write ``report.md`` and the PNGs into ``results_dir``; returns the path and the data.
+                 out_dir: Optional[Union[str, Path]] = None, rule: Optional[str] = None) -> Tuple[Path, ReportData]:
+    """Write ``report.md`` and the PNGs into ``out_dir`` (default: ``results_dir``);
+    returns the path and the data. Reads the JSON records without touching the results
+    directory's index or files, so it is safe beside a running sweep and on a read-only disk.
     rule: the selection rule (polyak.bench.protocol.RULES; None: the records' suite's)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist; run `polyak bench run` first "
                                 "or point --results to a results directory")
-    with Store(results_dir) as store:
-        store.sync()
+    out = Path(out_dir) if out_dir is not None else results_dir
+    check_writable(out, "the report writes report.md and its plots there; pass --out DIR to write them elsewhere")
+    with Store(results_dir, readonly=True) as store:
         data = collect(store.records(), rule)
+    results_dir = out
     written: List[str] = []
     if plots and data.columns:
         written += plot_curves(data, results_dir)

@@ -51,7 +51,8 @@ from .optimizers import accepts, optimizer_info
 from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, provenance
 from .records import RECORD_SCHEMA_VERSION, TrialConfig, effective_budget, get_metric, json_safe
 
-__all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe"]
+__all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe",
+           "check_device", "DeviceUnavailable"]
 
 TRACE_POINTS = 200  # step-size trace samples per trial, enough for a log-scale plot
 
@@ -85,6 +86,23 @@ def git_sha() -> Optional[str]:
         except (OSError, subprocess.SubprocessError):
             _GIT_SHA["sha"] = None
     return _GIT_SHA["sha"]
+
+
+class DeviceUnavailable(ValueError):
+    """The requested torch device cannot be used in this process."""
+
+
+def check_device(device: Optional[str]) -> None:
+    """Raise DeviceUnavailable unless ``device`` (None: the default) can hold a tensor here;
+    sweeps call it before their first trial, so a wrong --device fails at once."""
+    if device is None:
+        return
+    try:
+        torch.empty(1, device=torch.device(device))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        cuda = "" if torch.cuda.is_available() else f"; this torch {torch.__version__} sees no CUDA device"
+        raise DeviceUnavailable(f"device {device!r} is not usable here ({str(error).splitlines()[0]}){cuda}. "
+                                "Pass --device cpu, or omit --device to use CUDA when available, else the CPU") from None
 
 
 def describe_device(device: torch.device) -> Dict[str, Any]:

@@ -38,7 +38,7 @@ import torch
 
 from .optimizers import get_bench_spec, regularisation_param
 from .plugins import changes_since
-from .runner import PLUGINS_ENV, TrialConfig, load_plugins, run_trial
+from .runner import PLUGINS_ENV, TrialConfig, check_device, load_plugins, run_trial
 from .store import Store
 
 __all__ = ["REGULARISATION_GRIDS", "RecordsOutdated", "outdated_trials", "SweepResult", "grid_trials",
@@ -97,6 +97,9 @@ def grid_trials(
     the config, so they change the trial id.
     """
     grids, fixed = grids or {}, fixed or {}
+    bad = [v for v in step_sizes or () if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+    if bad:  # nan would be recorded as lr=None (JSON has no nan) and run with the default instead
+        raise ValueError(f"step_sizes must be positive finite numbers, got {bad}")
     trials = []
     for workload in workloads:
         for name in optimizers:
@@ -223,6 +226,7 @@ def run_sweep(
     are replaced)."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
+    check_device(device)  # a wrong device fails here, not as one error record per trial
     unique: Dict[str, TrialConfig] = {}
     for trial in trials:
         unique.setdefault(trial.trial_id, trial)
