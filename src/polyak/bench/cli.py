@@ -9,9 +9,15 @@
 
 ``--plugin MODULE_OR_FILE.py`` (repeatable; or ``$POLYAK_BENCH_PLUGINS``, comma
 separated) imports modules that register extra workloads
-(``polyak.bench.workloads.register_workload``) or optimizers
-(``polyak.bench.optimizers.register_bench_optimizer``) first, here and in every
-sweep worker.
+(``polyak.bench.workloads.register_workload``), optimizers
+(``polyak.bench.optimizers.register_bench_optimizer``) or suites
+(``polyak.bench.suites.register_suite``) first, here and in every sweep worker
+(see docs/readme_plugins.md and polyak.bench.plugins).
+
+Researcher's flags of ``run``: ``--set OPT.PARAM=VALUE`` (a fixed hyperparameter),
+``--grid OPT=V1,V2`` (one optimizer's step sizes), ``--no-tune-regularisation``,
+``--rerun-changed`` (rerun records whose plugin or optimizer defaults changed).
+``report --selection validation|final`` picks the selection rule (polyak.bench.protocol).
 """
 from __future__ import annotations
 
@@ -119,25 +125,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_list(args) -> int:
     from .optimizers import all_optimizer_info
+    from .plugins import fingerprint
     from .suites import SUITES
     from .workloads import all_workloads
+
+    def plugin(kind, name):  # where a plugin's name comes from, and which version of the file
+        mark = fingerprint(kind, name)
+        return f" [plugin {mark['source']} sha256 {mark['sha256'][:12]}]" if mark["sha256"] else ""
 
     print("Workloads:")
     for name, workload in all_workloads().items():
         quick = workload.budgets["quick"]
         data = f" [data: {workload.data}]" if workload.data else ""
         print(f"  {name:<24} {workload.metric:<8} quick: {quick.epochs} epochs x batch {quick.batch_size}{data}"
-              f"  {workload.summary}")
+              f"  {workload.summary}{plugin('workload', name)}")
     print("\nOptimizers:")
     for name, info in all_optimizer_info().items():
         spec = info.spec
         state = "available" if info.available else f"NOT INSTALLED ({info.install_hint})"
         grid = (f"{spec.step_size_param} in {list(spec.step_size_grid)}" if spec.step_size_param and spec.step_size_grid
                 else "no step-size hyperparameter")
-        print(f"  {name:<20} {info.source:<18} {state:<12} {grid}; needs {','.join(sorted(spec.needs))}")
+        print(f"  {name:<20} {info.source:<18} {state:<12} {grid}; needs {','.join(sorted(spec.needs))}"
+              f"{plugin('optimizer', name)}")
     print("\nSuites:")
     for name, suite in SUITES.items():
-        print(f"  {name:<8} {suite.summary}")
+        print(f"  {name:<8} {suite.summary}{plugin('suite', name)}")
     return 0
 
 
