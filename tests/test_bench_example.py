@@ -93,7 +93,8 @@ def test_mlbench_numeric_factor_levels_become_numbers_and_classes_keep_r_order(t
     assert X.shape == (4, 180) and X.dtype == np.float32
     assert X[:, 1].tolist() == [0.0, 1.0, 1.0, 0.0] and X[:, 0].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert classes == ("ei", "ie", "n") and y.tolist() == [2, 0, 1, 2]
-    _write_frame(tmp_path / "Sonar.rda", "Sonar", [("V1", "num", [0.1, 0.2], None), ("Class", "fac", [1, 2], ["M", "R"])], 2)
+    sonar = [("V1", "num", [0.1, 0.2], None), ("Class", "fac", [1, 2], ["M", "R"])]
+    _write_frame(tmp_path / "Sonar.rda", "Sonar", sonar, 2)
     with pytest.raises(DataFormatError, match="expected 60 features and 2 classes, found 1"):
         load_mlbench("sonar", tmp_path)
     with pytest.raises(KeyError, match="known: satellite, letter"):

@@ -185,7 +185,8 @@ def test_an_evaluate_without_the_metric_key_fails_on_the_first_evaluation():
     def build(size, seed, data_dir=None):
         instance = tiny.build(size, seed, data_dir)
         inner = instance.evaluate
-        instance.evaluate = lambda model, data: {("acc" if k == "accuracy" else k): v for k, v in inner(model, data).items()}
+        instance.evaluate = lambda model, data: {("acc" if k == "accuracy" else k): v
+                                                 for k, v in inner(model, data).items()}
         return instance
 
     _workload("tiny-acc-key", build)

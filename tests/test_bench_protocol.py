@@ -63,7 +63,8 @@ def test_grid_edge_is_flagged_and_the_final_rule_reads_the_last_epoch():
     records = [_run(0.01, 0, [(0.5, 1.0, 0.5), (0.6, 0.9, 0.6)]), _run(0.1, 0, [(0.6, 0.9, 0.6), (0.8, 0.5, 0.8)]),
                _run(1.0, 0, [(0.9, 0.3, 0.9), (0.7, 0.6, 0.6)])]
     best_val = select(_settings(records), ACC, "validation")
-    assert best_val.hyperparameters == {"lr": 1.0} and best_val.edge == "largest" and best_val.step_grid == (0.01, 0.1, 1.0)
+    assert best_val.hyperparameters == {"lr": 1.0} and best_val.edge == "largest"
+    assert best_val.step_grid == (0.01, 0.1, 1.0)
     final = select(_settings(records), ACC, "final")
     assert final.hyperparameters == {"lr": 0.1} and final.edge is None and final.epochs == [2]
 

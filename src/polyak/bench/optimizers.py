@@ -225,7 +225,11 @@ _PLUGINS: Dict[str, OptimizerInfo] = {}
 
 def register_bench_optimizer(spec: OptimizerSpec, *, source: str = "plugin", module: Optional[str] = None) -> OptimizerSpec:
     """Add an optimizer to the harness only (not to ``polyak.available()``):
-    plugins loaded with ``--plugin``/``POLYAK_BENCH_PLUGINS`` and tests use it."""
+    plugins loaded with ``--plugin``/``POLYAK_BENCH_PLUGINS`` and tests use it.
+
+    The name must be lower case (polyak.bench.plugins.check_name); a name of a
+    built-in (polyak's registry, a peer) or of another source's optimizer fails
+    with both sources named. Registering an equal record again is a no-op."""
     import sys
 
     from .plugins import check_name, registration_source, remember_source, source_of

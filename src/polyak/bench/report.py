@@ -264,7 +264,8 @@ def _step_share_table(data: ReportData) -> str:
         config = record["config"]
         param = (record.get("optimizer") or {}).get("step_size_param")
         step = (config.get("hyperparameters") or {}).get(param, "default") if param else "-"
-        groups[((config["workload"], config["size"]), config["optimizer"], f"{param}={step}" if param else "-")].append(record)
+        label = f"{param}={step}" if param else "-"
+        groups[((config["workload"], config["size"]), config["optimizer"], label)].append(record)
     lines = ["| workload | optimizer | step size | steps clipped at max_lr | steps exactly 0 | steps counted |",
              "|---|---|---|---|---|---|"]
     for (column, optimizer, step), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):

@@ -20,13 +20,14 @@ How each need is fed (one step, one batch):
   every evaluation.
 
 A record holds the config, seed, the loaded plugins (path, sha256), the
-provenance of its workload and optimizer (:func:`polyak.bench.plugins.provenance`), versions, git SHA, device, per-epoch metrics
-(epoch 0 is the initial model), a sampled step-size trace (with the
-``clipped`` flag of Polyak-type steps), the counts of clipped and zero steps, the median time per
-step (forward + backward + step, no data loading, no evaluation), forward and
-backward passes per step and whether the run diverged (a non-finite training loss
-or evaluation loss ends the trial). Records are plain JSON: non-finite floats
-are stored as null.
+provenance of its workload and optimizer (:func:`polyak.bench.plugins.provenance`),
+versions, git SHA, device, per-epoch metrics (epoch 0 is the initial model), a
+sampled step-size trace (with the ``clipped`` flag of Polyak-type steps), the
+counts of steps clipped at ``max_lr`` and of steps exactly 0 (every step), the
+median time per step (forward + backward + step, no data loading, no
+evaluation), forward and backward passes per step and whether the run diverged
+(a non-finite training loss or evaluation loss ends the trial). Records are
+plain JSON: non-finite floats are stored as null.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from .optimizers import all_optimizer_info
 from .records import TrialConfig
 
-__all__ = ["Suite", "SUITES", "get_suite", "register_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan", "plan_suite",
+__all__ = ["Suite", "SUITES", "get_suite", "register_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan",
+           "plan_suite",
            "plan_grid"]
 
 
