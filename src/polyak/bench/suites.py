@@ -16,8 +16,7 @@ from .optimizers import all_optimizer_info
 from .records import TrialConfig
 
 __all__ = ["Suite", "SUITES", "get_suite", "register_suite", "resolve_suite", "ResolvedSuite", "Protocol", "TrialPlan",
-           "plan_suite",
-           "plan_grid"]
+           "plan_suite", "plan_grid"]
 
 
 @dataclass(frozen=True)
