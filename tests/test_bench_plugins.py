@@ -109,6 +109,7 @@ def test_workload_collisions_name_both_sources(tmp_path):
     message = str(error.value)
     assert "\n" not in message and plugin in message and "polyak.bench.workloads.mnist" in message
     assert "workload 'mnist-resnet8'" in message
+    assert f"of {plugin})" in message  # the plugin's own line that registered it, not polyak's
     get_workload("mnist-resnet8")  # the built-in is still the one registered
 
 

@@ -129,9 +129,9 @@ def _importing(plugin: Plugin) -> Iterator[None]:
         _CURRENT.pop()
 
 
-def _failure(entry: str, origin: str, error: BaseException) -> PluginError:
+def _failure(entry: str, origin: str, path: Path, error: BaseException) -> PluginError:
     """One line: the plugin, the exception, the plugin's own line where it happened."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "importlib" not in f.filename]
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == path]
     where = f" (line {frames[-1].lineno} of {frames[-1].filename})" if frames else ""
     return PluginError(f"plugin {entry!r} (from {origin}) failed while importing: "
                        f"{type(error).__name__}: {error}{where}; fix it, or leave it out of {origin}")
@@ -161,7 +161,7 @@ def _load_file(entry: str, origin: str) -> Plugin:
             raise
         except Exception as error:
             del sys.modules[module_name]
-            raise _failure(entry, origin, error) from error
+            raise _failure(entry, origin, path, error) from error
     _BY_MODULE_NAME[module_name] = plugin
     return plugin
 
@@ -192,7 +192,7 @@ def _load_module(entry: str, origin: str) -> Plugin:
             raise
         except Exception as error:
             sys.modules.pop(entry, None)
-            raise _failure(entry, origin, error) from error
+            raise _failure(entry, origin, path, error) from error
     return plugin
 
 
