@@ -23,7 +23,8 @@ A record holds the config, seed, versions, git SHA, device, per-epoch metrics
 (epoch 0 is the initial model), a sampled step-size trace, the median time per
 step (forward + backward + step, no data loading, no evaluation), forward and
 backward passes per step and whether the run diverged (a non-finite training loss
-or evaluation loss ends the trial). Records are plain JSON: non-finite floats
+or evaluation metric, or a training or validation loss above
+``records.DIVERGENCE_FACTOR`` times the initial validation loss, ends the trial). Records are plain JSON: non-finite floats
 are stored as null.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader
 import polyak
 
 from .optimizers import accepts, optimizer_info
-from .records import RECORD_SCHEMA_VERSION, TrialConfig, effective_budget, get_metric, json_safe
+from .records import RECORD_SCHEMA_VERSION, TrialConfig, divergence, effective_budget, get_metric, json_safe
 
 __all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe",
            "check_device", "DeviceUnavailable"]
@@ -275,7 +276,7 @@ def summarise(epochs: List[Dict[str, Any]], metric: str, diverged: bool) -> Dict
     for entry in epochs:
         if entry["epoch"] < 1:
             continue
-        score = _score(entry.get("val") or {}, metric)
+        score = _score(entry.get("val") or {}, direction.key)
         if score is not None and (best is None or direction.better(score, best[0])):
             best = (score, entry)
     trained = [e for e in epochs if e["epoch"] >= 1 and e.get("train_loss") is not None]
@@ -350,7 +351,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         collate = _indexed_collate(instance.collate_fn)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=budget.batch_size, shuffle=True, generator=generator,
-                        collate_fn=collate, drop_last=False)
+                        collate_fn=collate, drop_last=budget.drop_last)
     n_batches = len(loader)
     context_values = {
         "num_samples": len(instance.train), "dataset_size": len(instance.train), "epochs": epochs,
@@ -372,6 +373,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     record["workload"] = {
         "name": workload.name, "size": config.size, "metric": workload.metric, "lower_bound": workload.lower_bound,
         "interpolating": workload.interpolating, "epochs": epochs, "batch_size": budget.batch_size,
+        "target": workload.target, "drop_last": budget.drop_last,
         "train_size": len(instance.train), "val_size": len(instance.val), "test_size": len(instance.test),
         "n_batches_per_epoch": n_batches,
     }
@@ -391,6 +393,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     trace_values: List[Optional[float]] = []
     step_times: List[float] = []
     history: List[Dict[str, Any]] = [{"epoch": 0, "train_loss": None, **evaluate(), "elapsed_s": 0.0}]
+    initial_loss = history[0]["val"].get("loss")  # the divergence threshold's reference
     diverged_at = None
     step = 0
     training_time = 0.0
@@ -422,7 +425,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
                 if bar is not None:
                     bar.update(1)
                 if not math.isfinite(loss):
-                    diverged_at = {"epoch": epoch, "step": step}
+                    diverged_at = {"epoch": epoch, "step": step, "reason": "non-finite training loss"}
                     break
                 epoch_loss_sum += loss
                 epoch_batches += 1
@@ -436,8 +439,10 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
             metrics = evaluate()
             history.append({"epoch": epoch, "train_loss": epoch_loss_sum / max(1, epoch_batches), **metrics,
                             "elapsed_s": training_time})
-            if not (_finite_metrics(metrics["val"]) and _finite_metrics(metrics["test"])):
-                diverged_at = {"epoch": epoch, "step": step}
+            crossed = divergence(history[-1:], initial_loss)
+            if crossed is not None or not (_finite_metrics(metrics["val"]) and _finite_metrics(metrics["test"])):
+                diverged_at = {"epoch": epoch, "step": step,
+                               "reason": crossed["reason"] if crossed else "non-finite evaluation metric"}
                 break
     finally:
         if bar is not None:

@@ -30,6 +30,8 @@ class Budget:
     batch_size: int
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
+    #: drop the last incomplete batch of every epoch (DeepOBS's loaders do)
+    drop_last: bool = False
 
 
 @dataclass
@@ -59,7 +61,8 @@ class Workload:
     """A registered task.
 
     name: registry key, e.g. "matfac-rank4".
-    metric: the reported test metric, "accuracy" (higher is better) or "loss" (lower is better).
+    metric: the reported metric, a key of polyak.bench.records.METRICS: "accuracy" (test
+        accuracy), "loss" (final training loss) or "test_loss".
     lower_bound: a lower bound of the training loss (0 for CE, hinge, squared loss),
         given to Polyak-step optimizers.
     interpolating: whether the model can drive the training loss to ~0 (paper's split).
@@ -68,6 +71,9 @@ class Workload:
     build(size, seed, data_dir) -> WorkloadInstance; raises
         polyak.bench.datasets.DatasetMissing (with the fetch command) when data is absent.
     summary: one line for `polyak bench list`.
+    target: the value of the reported metric (raw scale: accuracy as a fraction) that
+        counts as solved, for time-to-target (None: the report derives one from the best
+        tuned baseline, AlgoPerf's way). source: where the problem's definition comes from.
     """
 
     name: str
@@ -79,10 +85,14 @@ class Workload:
     build: Callable[[str, int, Optional[Path]], WorkloadInstance]
     summary: str = ""
     tags: Tuple[str, ...] = field(default_factory=tuple)
+    target: Optional[float] = None
+    source: str = ""
 
     def __post_init__(self):
-        if self.metric not in ("accuracy", "loss"):
-            raise ValueError(f"{self.name}: metric must be 'accuracy' or 'loss', got {self.metric!r}")
+        from ..records import METRICS
+
+        if self.metric not in METRICS:
+            raise ValueError(f"{self.name}: metric must be one of {sorted(METRICS)}, got {self.metric!r}")
         missing = [s for s in SIZES if s not in self.budgets]
         if missing:
             raise ValueError(f"{self.name}: budgets missing for sizes {missing}")
