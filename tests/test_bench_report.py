@@ -89,7 +89,8 @@ def test_report_renders_markdown_and_pngs_from_a_real_small_store(tmp_path, caps
     text = path.read_text()
     assert text.startswith("# polyak benchmark report") and "| sgd |" in text and "| fake-gradient |" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["curves_tiny-test_quick.png", "performance_profile.png", "step_sizes_tiny-test_quick.png"]
+    assert pngs == ["curves_tiny-test_quick.png", "performance_profile.png", "step_sizes_tiny-test_quick.png",
+                    "time_to_target_profile.png"]
     for name in pngs:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     with Store(tmp_path) as store:

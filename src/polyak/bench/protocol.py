@@ -80,33 +80,34 @@ def run_score(record: Mapping[str, Any], metric: Metric, rule: str = DEFAULT_RUL
     best: Optional[Tuple[Tuple[float, float, int], Dict[str, Any]]] = None
     for entry in entries:
         val = entry.get("val") or {}
-        score = _finite(val.get(metric.name))
+        score = _finite(val.get(metric.key))
         if score is None:
             continue
         loss = _finite(val.get("loss"))
         # larger key is better: the metric, then the lower loss, then the later epoch
-        key = (metric.key(score), -loss if loss is not None else -math.inf, entry["epoch"])
+        key = (metric.sort_key(score), -loss if loss is not None else -math.inf, entry["epoch"])
         if best is None or key > best[0]:
             best = (key, entry)
     if best is None:
         return RunScore(None, None, None)
     entry = best[1]
-    return RunScore(_finite((entry.get("val") or {}).get(metric.name)), _finite((entry.get("val") or {}).get("loss")),
+    return RunScore(_finite((entry.get("val") or {}).get(metric.key)), _finite((entry.get("val") or {}).get("loss")),
                     entry["epoch"])
 
 
 def reported_value(record: Mapping[str, Any], metric: Metric, epoch: Optional[int]) -> Optional[float]:
-    """The reported number of one run at ``epoch``: test accuracy in %, or for loss
-    workloads the final training loss (None: diverged or absent)."""
+    """The reported number of one run read at ``epoch``, in the table's unit (accuracy in %):
+    the test metric there, or for metrics reported on training (matrix factorisation)
+    the final training loss (None: diverged or absent)."""
     if record.get("diverged"):
         return None
     entries = [e for e in record.get("epochs") or [] if e.get("epoch", 0) >= 1]
-    if metric.name != "accuracy":
+    if metric.reported != "test":
         losses = [_finite(e.get("train_loss")) for e in entries]
         return losses[-1] if losses and losses[-1] is not None else None
     entry = next((e for e in entries if e["epoch"] == epoch), None)
-    value = _finite(((entry or {}).get("test") or {}).get(metric.name))
-    return None if value is None else 100.0 * value
+    value = _finite(((entry or {}).get("test") or {}).get(metric.key))
+    return None if value is None else metric.scale * value
 
 
 def epochs_trained(record: Mapping[str, Any]) -> int:
@@ -163,7 +164,7 @@ def select(settings: Mapping[str, Sequence[Dict[str, Any]]], metric: Metric, rul
         regularisation = next((_finite(hyper.get(p)) for p in ("max_norm", "weight_decay") if p in hyper), None)
         sort_key = (
             0 if score is None else 1,
-            metric.key(score) if score is not None else 0.0,
+            metric.sort_key(score) if score is not None else 0.0,
             -loss,
             step if step is not None else 0.0,
             -(regularisation if regularisation is not None else 0.0),

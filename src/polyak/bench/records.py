@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["RECORD_SCHEMA_VERSION", "TrialConfig", "Metric", "METRICS", "get_metric", "json_safe",
+__all__ = ["RECORD_SCHEMA_VERSION", "TrialConfig", "Metric", "METRICS", "get_metric", "json_safe", "divergence",
+           "is_diverged", "DIVERGENCE_FACTOR",
            "effective_budget"]
 
 RECORD_SCHEMA_VERSION = 1
@@ -42,25 +43,32 @@ def json_safe(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Metric:
-    """A reported metric: its name (the key in ``evaluate()``'s dict) and whether
-    higher is better. ``label`` is how tables head its column."""
+    """A reported metric: its name, whether higher is better, how tables head its
+    column (``label``), the key of ``evaluate()``'s dict it reads (``key``; selection
+    reads it on validation) and what the tables report: ``reported="test"`` the test
+    value at the selected epoch, ``"train"`` the final training loss (the papers' metric
+    for matrix factorisation). ``scale`` turns the raw value into the table's unit."""
 
     name: str
     higher_is_better: bool
     label: str
+    key: str
+    reported: str
+    scale: float = 1.0
 
     def better(self, a: float, b: float) -> bool:
         """Whether ``a`` is strictly better than ``b``."""
         return a > b if self.higher_is_better else a < b
 
-    def key(self, value: float) -> float:
+    def sort_key(self, value: float) -> float:
         """A sort key where larger is better (for max())."""
         return value if self.higher_is_better else -value
 
 
 METRICS: Dict[str, Metric] = {
-    "accuracy": Metric("accuracy", True, "test acc. (%)"),
-    "loss": Metric("loss", False, "final train loss"),
+    "accuracy": Metric("accuracy", True, "test acc. (%)", key="accuracy", reported="test", scale=100.0),
+    "loss": Metric("loss", False, "final train loss", key="loss", reported="train"),
+    "test_loss": Metric("test_loss", False, "test loss", key="loss", reported="test"),
 }
 
 
@@ -109,3 +117,38 @@ def effective_budget(budget, epochs: Optional[int]):
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     return dataclasses.replace(budget, epochs=int(epochs))
+
+
+#: a trial whose training or validation loss exceeds this many times its initial
+#: validation loss has diverged (the loss of 1.4e30 that a finite check alone lets through)
+DIVERGENCE_FACTOR = 100.0
+
+
+def divergence(epochs, initial_loss: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    """Where a trial's per-epoch history diverged, or None: the first epoch >= 1 whose
+    training loss or validation loss is non-finite (null in JSON) or above
+    ``DIVERGENCE_FACTOR`` x the initial validation loss (``initial_loss``, default: epoch 0's)."""
+    if initial_loss is None:
+        start = next((e for e in epochs if e.get("epoch") == 0), None)
+        value = ((start or {}).get("val") or {}).get("loss")
+        initial_loss = value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    for entry in epochs:
+        if entry.get("epoch", 0) < 1:
+            continue
+        val = entry.get("val") or {}
+        present = [("training loss", entry["train_loss"])] if "train_loss" in entry else []
+        present += [("validation loss", val["loss"])] if "loss" in val else []
+        for where, value in present:  # a key present with null held a non-finite float
+            if value is None or not math.isfinite(value):
+                return {"epoch": entry["epoch"], "reason": f"non-finite {where}"}
+            if initial_loss is not None and initial_loss > 0 and value > DIVERGENCE_FACTOR * initial_loss:
+                return {"epoch": entry["epoch"],
+                        "reason": f"{where} {value:.3g} > {DIVERGENCE_FACTOR:g} x the initial {initial_loss:.3g}"}
+    return None
+
+
+def is_diverged(record: Mapping[str, Any]) -> bool:
+    """A record's trial diverged: marked so when it ran, or (records written before the
+    loss threshold existed) its history crosses it now."""
+    return bool(record.get("diverged")) or record.get("status") == "diverged" or (
+        record.get("status") == "ok" and divergence(record.get("epochs") or []) is not None)

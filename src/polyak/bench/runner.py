@@ -26,8 +26,9 @@ sampled step-size trace (with the ``clipped`` flag of Polyak-type steps), the
 counts of steps clipped at ``max_lr`` and of steps exactly 0 (every step), the
 median time per step (forward + backward + step, no data loading, no
 evaluation), forward and backward passes per step and whether the run diverged
-(a non-finite training loss or evaluation loss ends the trial). Records are
-plain JSON: non-finite floats are stored as null.
+(a non-finite training loss or evaluation metric, or a training or validation
+loss above ``records.DIVERGENCE_FACTOR`` times the initial validation loss, ends
+the trial). Records are plain JSON: non-finite floats are stored as null.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ import polyak
 
 from .optimizers import accepts, optimizer_info
 from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, provenance
-from .records import RECORD_SCHEMA_VERSION, TrialConfig, effective_budget, get_metric, json_safe
+from .records import RECORD_SCHEMA_VERSION, TrialConfig, divergence, effective_budget, get_metric, json_safe
 
 __all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe",
            "check_device", "DeviceUnavailable"]
@@ -259,12 +260,13 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
 def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
     """The first evaluation must report the workload's metric, or every epoch of
     the trial would score as missing (and the report call it diverged)."""
+    key = get_metric(workload.metric).key
     for split in ("val", "test"):
         keys = sorted((entry.get(split) or {}).keys())
-        if workload.metric not in keys:
+        if key not in keys:
             raise ValueError(
-                f"workload {workload.name!r}: evaluate() returned {keys} on the {split} set, without the "
-                f"workload's metric {workload.metric!r}; return {{{workload.metric!r}: ...}} (e.g. with "
+                f"workload {workload.name!r}: evaluate() returned {keys} on the {split} set, without the key "
+                f"{key!r} of the workload's metric {workload.metric!r}; return {{{key!r}: ...}} (e.g. with "
                 "polyak.bench.workloads.helpers.classifier_evaluate) or declare the metric evaluate() reports")
 
 
@@ -349,7 +351,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         collate = _indexed_collate(instance.collate_fn)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=budget.batch_size, shuffle=True, generator=generator,
-                        collate_fn=collate, drop_last=False)
+                        collate_fn=collate, drop_last=budget.drop_last)
     n_batches = len(loader)
     context_values = {
         "num_samples": len(instance.train), "dataset_size": len(instance.train), "epochs": epochs,
@@ -371,6 +373,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     record["workload"] = {
         "name": workload.name, "size": config.size, "metric": workload.metric, "lower_bound": workload.lower_bound,
         "interpolating": workload.interpolating, "epochs": epochs, "batch_size": budget.batch_size,
+        "target": workload.target, "drop_last": budget.drop_last,
         "train_size": len(instance.train), "val_size": len(instance.val), "test_size": len(instance.test),
         "n_batches_per_epoch": n_batches,
     }
@@ -393,6 +396,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     step_times: List[float] = []
     history: List[Dict[str, Any]] = [{"epoch": 0, "train_loss": None, **evaluate(), "elapsed_s": 0.0}]
     check_metric_key(workload, history[0])
+    initial_loss = history[0]["val"].get("loss")  # the divergence threshold's reference
     diverged_at = None
     step = 0
     training_time = 0.0
@@ -424,7 +428,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
                 if bar is not None:
                     bar.update(1)
                 if not math.isfinite(loss):
-                    diverged_at = {"epoch": epoch, "step": step}
+                    diverged_at = {"epoch": epoch, "step": step, "reason": "non-finite training loss"}
                     break
                 epoch_loss_sum += loss
                 epoch_batches += 1
@@ -440,8 +444,10 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
             metrics = evaluate()
             history.append({"epoch": epoch, "train_loss": epoch_loss_sum / max(1, epoch_batches), **metrics,
                             "elapsed_s": training_time})
-            if not (_finite_metrics(metrics["val"]) and _finite_metrics(metrics["test"])):
-                diverged_at = {"epoch": epoch, "step": step}
+            crossed = divergence(history[-1:], initial_loss)
+            if crossed is not None or not (_finite_metrics(metrics["val"]) and _finite_metrics(metrics["test"])):
+                diverged_at = {"epoch": epoch, "step": step,
+                               "reason": crossed["reason"] if crossed else "non-finite evaluation metric"}
                 break
     finally:
         if bar is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -38,6 +39,7 @@ import torch
 
 from .optimizers import get_bench_spec, regularisation_param
 from .plugins import changes_since
+from .records import get_metric
 from .runner import PLUGINS_ENV, TrialConfig, check_device, load_plugins, run_trial
 from .store import Store
 
@@ -150,6 +152,25 @@ def outdated_trials(store: Store, trials: Sequence[TrialConfig]) -> Dict[str, Li
         if changes:
             out[trial.trial_id] = changes
     return out
+def progress_line(record: Dict[str, Any]) -> str:
+    """One line about a finished trial: what ran, how it ended, its reported number, its time."""
+    config = record["config"]
+    hyper = ", ".join(f"{k}={v}" for k, v in sorted((config.get("hyperparameters") or {}).items()))
+    what = f"{config['optimizer']} on {config['workload']} ({hyper + ', ' if hyper else ''}seed {config['seed']})"
+    summary = record.get("summary") or {}
+    result = ""
+    if record.get("status") == "ok":
+        metric = get_metric(summary.get("metric") or "loss")
+        value = (summary.get("test_at_best") or {}).get(metric.key) if metric.reported == "test" \
+            else summary.get("final_train_loss")
+        if isinstance(value, (int, float)):
+            result = f", {metric.label} {metric.scale * value:.4g}"
+    elif record.get("status") == "diverged":
+        result = f" at epoch {(record.get('diverged_at') or {}).get('epoch')}"
+    elif record.get("error"):
+        result = f": {str(record['error']).splitlines()[0][:120]}"
+    wall = record.get("wall_time_s")
+    return f"{what}: {record.get('status')}{result}" + (f" in {wall:.0f} s" if isinstance(wall, (int, float)) else "")
 
 
 #: status counted for trials not started because their workload's data is missing
@@ -242,10 +263,13 @@ def run_sweep(
         statuses: Dict[str, int] = {}
 
         bar = None
-        if progress:
+        # A terminal gets a progress bar; redirected output (a log file, CI) one line per finished trial.
+        lines = progress and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+        if progress and not lines:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc="sweep", unit="trial", disable=None)
+        counter = {"done": len(unique) - len(todo)}
 
         missing_data: Dict[str, str] = {}  # workload -> the DatasetMissing message
 
@@ -262,6 +286,9 @@ def run_sweep(
             if _data_missing(record):
                 missing_data.setdefault(record["config"]["workload"], record["error"])
             statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+            counter["done"] += 1
+            if lines:
+                print(f"[{counter['done']}/{len(unique)}] {progress_line(record)}", file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"{record['config']['optimizer']} on {record['config']['workload']}: {record['status']}")

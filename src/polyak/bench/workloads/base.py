@@ -32,6 +32,8 @@ class Budget:
     batch_size: int
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
+    #: drop the last incomplete batch of every epoch (DeepOBS's loaders do)
+    drop_last: bool = False
 
 
 @dataclass
@@ -61,7 +63,8 @@ class Workload:
     """A registered task.
 
     name: registry key, e.g. "matfac-rank4".
-    metric: the reported test metric, "accuracy" (higher is better) or "loss" (lower is better).
+    metric: the reported metric, a key of polyak.bench.records.METRICS: "accuracy" (test
+        accuracy), "loss" (final training loss) or "test_loss".
     lower_bound: a lower bound of the training loss (0 for CE, hinge, squared loss),
         given to Polyak-step optimizers.
     interpolating: whether the model can drive the training loss to ~0 (paper's split).
@@ -74,6 +77,9 @@ class Workload:
         of truth. A build without a ``budget`` parameter must return
         ``budgets[size]`` in ``WorkloadInstance.budget`` (checked by :meth:`instantiate`).
     summary: one line for `polyak bench list`.
+    target: the value of the reported metric (raw scale: accuracy as a fraction) that
+        counts as solved, for time-to-target (None: the report derives one from the best
+        tuned baseline, AlgoPerf's way). source: where the problem's definition comes from.
     """
 
     name: str
@@ -85,10 +91,14 @@ class Workload:
     build: Callable[[str, int, Optional[Path]], WorkloadInstance]
     summary: str = ""
     tags: Tuple[str, ...] = field(default_factory=tuple)
+    target: Optional[float] = None
+    source: str = ""
 
     def __post_init__(self):
-        if self.metric not in ("accuracy", "loss"):
-            raise ValueError(f"{self.name}: metric must be 'accuracy' or 'loss', got {self.metric!r}")
+        from ..records import METRICS
+
+        if self.metric not in METRICS:
+            raise ValueError(f"{self.name}: metric must be one of {sorted(METRICS)}, got {self.metric!r}")
         missing = [s for s in SIZES if s not in self.budgets]
         if missing:
             raise ValueError(f"{self.name}: budgets missing for sizes {missing}")
