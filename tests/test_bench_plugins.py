@@ -14,6 +14,7 @@ from polyak.bench import optimizers as bench_optimizers
 from polyak.bench.cli import main
 from polyak.bench.plugins import PLUGINS_ENV, PluginError, check_name, load_plugins
 from polyak.bench.records import TrialConfig
+from polyak.bench.report import collect
 from polyak.bench.runner import run_trial
 from polyak.bench.sweep import RecordsOutdated, grid_trials, run_sweep
 from polyak.bench.workloads import Budget, Workload, get_workload, register_workload
@@ -223,11 +224,14 @@ def test_a_suite_from_a_plugin_runs_with_dash_dash_suite(tmp_path, capsys):
         from polyak.bench.suites import Suite, register_suite
         register_suite(Suite(name="tiny-suite", size="quick", workloads=("tiny-test",), library_optimizers=False,
                              optimizers=("fake-gradient",), seeds=1, grid_points=1, tune_regularisation=False,
-                             summary="one tiny workload, one fake optimizer"))
+                             summary="one tiny workload, one fake optimizer", selection="final"))
     """)
     code = main(["bench", "run", "--plugin", str(tiny.__file__), "--plugin", plugin, "--suite", "tiny-suite",
                  "--results", str(tmp_path / "runs"), "--jobs", "1", "--no-report"])
     assert code == 0, capsys.readouterr().err
-    assert len(list((tmp_path / "runs" / "trials").glob("*.json"))) == 1
+    (path,) = (tmp_path / "runs" / "trials").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["sweep"]["suite"] == "tiny-suite" and record["sweep"]["selection"] == "final"
+    assert collect([record]).rule == "final"  # the report follows the suite's rule
     assert main(["bench", "run", "--suite", "no-such-suite", "--results", str(tmp_path)]) == 2
     assert "unknown suite 'no-such-suite'" in capsys.readouterr().err

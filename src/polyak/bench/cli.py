@@ -208,7 +208,8 @@ def _cmd_run(args) -> int:
     print(f"{plan.describe()}; results in {args.results}", file=sys.stderr)
     try:
         result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                           threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline},
+                           threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline,
+                                       "selection": plan.selection},
                            rerun_changed=args.rerun_changed)
     except (ResultsNotWritable, DeviceUnavailable, RecordsOutdated) as error:  # refused before any trial started
         print(f"error: {error}", file=sys.stderr)

@@ -48,6 +48,15 @@ class Suite:
     #: constructor arguments fixed per optimizer for every workload (see Protocol.fixed)
     fixed: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
+    #: the report's selection rule for this suite's records (polyak.bench.protocol.RULES):
+    #: "validation" (the ALI-G+ paper) or "final" (DeepOBS)
+    selection: str = "validation"
+
+    def __post_init__(self):
+        if self.selection not in ("validation", "final"):
+            raise ValueError(f"suite {self.name!r}: selection must be 'validation' or 'final' "
+                             f"(polyak.bench.protocol.RULES), got {self.selection!r}")
+
     def protocol(self, workload: str) -> "Protocol":
         """The protocol of one workload: the suite-wide values with its overrides applied."""
         o = self.overrides.get(workload, {})
@@ -203,6 +212,7 @@ class TrialPlan:
     left_out: Tuple[str, ...] = ()
     suite: Optional[str] = None
     time_baseline: str = "sgd"
+    selection: str = "validation"
 
     def describe(self) -> str:
         seeds = sorted({p.seeds for p in self.protocols.values()})
@@ -245,7 +255,8 @@ def plan_suite(suite: Suite, *, size: Optional[str] = None, epochs: Optional[int
                                fixed=_merge_fixed(p.fixed, fixed or {}))
     size = size or suite.size
     return TrialPlan(_trials(resolved.workloads, resolved.optimizers, size, protocols), resolved.workloads,
-                     resolved.optimizers, size, protocols, resolved.left_out, suite.name, suite.time_baseline)
+                     resolved.optimizers, size, protocols, resolved.left_out, suite.name, suite.time_baseline,
+                     suite.selection)
 
 
 def plan_grid(workloads: Sequence[str], optimizers: Sequence[str], *, size: str = "quick",
