@@ -161,7 +161,10 @@ def collect(records: Sequence[Dict[str, Any]], rule: Optional[str] = None) -> Re
         key: statistics.median(ts) / baseline_time[key[0]]
         for key, ts in times.items() if ts and key[0] in baseline_time
     }
-    columns = sorted(metrics)
+    # workloads with a declared target (the main job's) first, then by name
+    declared = {(r["config"]["workload"], r["config"]["size"]) for r in records
+                if isinstance((r.get("workload") or {}).get("target"), (int, float))}
+    columns = sorted(metrics, key=lambda c: (c not in declared, c))
     optimizers = sorted({opt for _, opt in cells}, key=lambda o: (o != baseline, o))
     mean_passes = {opt: (statistics.fmean(f for f, _ in ps), statistics.fmean(b for _, b in ps)) for opt, ps in passes.items()}
     max_jobs = max([int((r.get("sweep") or {}).get("jobs") or 1) for r in records] + [1])
@@ -879,8 +882,8 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
                     ax.plot(epochs, values, label=label, **style)
                     if bad:
                         ax.plot(epochs[-1:], values[-1:], marker="x", markersize=9, **style)
-                    else:
-                        kept.extend(values)
+                    else:  # the scale follows training, not the untrained epoch 0
+                        kept.extend(v for e, v in zip(epochs, values) if e >= 1)
             ax_loss.set_yscale("log")
             _limits(ax_loss, kept_loss, log=True)
             _limits(ax_val, kept_val, log=False)
