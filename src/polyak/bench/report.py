@@ -750,6 +750,7 @@ def render_markdown(data: ReportData, plots: Sequence[str] = (), records: Sequen
         "The first evaluated epoch at which the reported test metric reaches the workload's target: its declared "
         "target (mnist-mlp: 97% test accuracy, AlgoPerf's MNIST target), else the best tuned baseline's final "
         "value (AlgoPerf's rule). Updates = epochs x batches per epoch; seconds = training time only.",
+        f"Settings: those the main table selected ({data.rule} rule).",
         "",
         target_table(data),
         "",
@@ -757,6 +758,8 @@ def render_markdown(data: ReportData, plots: Sequence[str] = (), records: Sequen
         "",
         "How far the step-size hyperparameter can be off: the range of grid values around the best whose result "
         "stays within 1 point of the best accuracy (1% of the best loss), as a multiplicative width.",
+        "Each step size's result: its best setting of the other hyperparameters, each run read at its best "
+        "validation epoch.",
         "",
         window_table(data, windows),
         "",
