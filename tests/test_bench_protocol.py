@@ -157,3 +157,26 @@ def _patterned_polyak() -> str:
         register_bench_optimizer(OptimizerSpec(name="fake-patterned-polyak", factory=_Patterned,
                                                needs=frozenset({"gradient"}), passes=(1, 1), defaults={"lr": 0.1}))
     return "fake-patterned-polyak"
+
+
+def test_cli_set_grid_and_no_regularisation_tuning_reach_the_records(tmp_path, capsys):
+    import json
+
+    from polyak.bench.cli import main
+
+    results = tmp_path / "runs"
+    code = main(["bench", "run", "--workload", "tiny-test", "--optimizer", "alig", "--optimizer", "sgd", "--size", "lite",
+                 "--set", "alig.momentum=0", "--grid", "alig=0.5", "--grid", "sgd=0.1,1", "--no-tune-regularisation",
+                 "--results", str(results), "--jobs", "1", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(p.read_text()) for p in (results / "trials").glob("*.json")]
+    alig = [r for r in records if r["config"]["optimizer"] == "alig"]
+    sgd = [r for r in records if r["config"]["optimizer"] == "sgd"]
+    # lite would sweep max_norm (alig) and weight_decay (sgd): switched off, one trial per step size
+    assert [r["config"]["hyperparameters"] for r in alig] == [{"max_lr": 0.5, "momentum": 0}]
+    assert alig[0]["optimizer"]["arguments"]["momentum"] == 0 and alig[0]["optimizer"]["arguments"]["max_lr"] == 0.5
+    assert sorted(r["config"]["hyperparameters"]["lr"] for r in sgd) == [0.1, 1.0]
+    assert all("weight_decay" not in r["config"]["hyperparameters"] for r in sgd)
+    assert main(["bench", "run", "--workload", "tiny-test", "--optimizer", "alig", "--set", "adam.lr=1",
+                 "--results", str(results), "--jobs", "1"]) == 2
+    assert "--set names optimizer 'adam', which is not in this run" in capsys.readouterr().err
