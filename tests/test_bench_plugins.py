@@ -235,3 +235,14 @@ def test_a_suite_from_a_plugin_runs_with_dash_dash_suite(tmp_path, capsys):
     assert collect([record]).rule == "final"  # the report follows the suite's rule
     assert main(["bench", "run", "--suite", "no-such-suite", "--results", str(tmp_path)]) == 2
     assert "unknown suite 'no-such-suite'" in capsys.readouterr().err
+
+
+def test_a_file_named_twice_is_listed_once_in_load_order(tmp_path, monkeypatch):
+    from polyak.bench.plugins import loaded_plugins
+
+    monkeypatch.chdir(tmp_path)
+    first = _plugin(tmp_path / "twice_a.py", "X = 1\n")
+    second = _plugin(tmp_path / "twice_b.py", "X = 2\n")
+    load_plugins(["twice_a.py", second, first])
+    paths = [p["path"] for p in loaded_plugins()]
+    assert paths.count(first) == 1 and paths.index(first) < paths.index(second)

@@ -116,8 +116,12 @@ def fingerprint(kind: str, name: str) -> Dict[str, Optional[str]]:
 
 
 def loaded_plugins() -> List[Dict[str, str]]:
-    """Every plugin loaded in this process, in load order, as ``{"entry", "path", "sha256"}``."""
-    return [plugin.to_dict() for plugin in _LOADED.values()]
+    """Every plugin loaded in this process, in load order, as ``{"entry", "path", "sha256"}``
+    (a file named twice, e.g. by a relative and an absolute path, once)."""
+    unique: Dict[str, Plugin] = {}
+    for plugin in _LOADED.values():
+        unique.setdefault(plugin.path, plugin)
+    return [plugin.to_dict() for plugin in unique.values()]
 
 
 @contextlib.contextmanager
