@@ -45,7 +45,10 @@ class WorkloadInstance:
     per_sample_loss(output, target) -> 1-D tensor of per-sample losses (the mean
     of it is the training loss; for sequence models a sample is one sequence).
     evaluate(model, dataset) -> {"loss": float, "accuracy": float?, ...}, in eval
-    mode, without gradients; the runner restores train mode afterwards.
+    mode, without gradients; the runner restores train mode afterwards. It must
+    hold the key of the workload's metric (checked on the first evaluation).
+    budget: the budget the data was built for (None: the harness's, which
+    :meth:`Workload.instantiate` fills in; any other value must equal it).
     """
 
     model: nn.Module
