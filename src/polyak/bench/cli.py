@@ -159,7 +159,7 @@ def _cmd_run(args) -> int:
     from .runner import DeviceUnavailable
     from .store import ResultsNotWritable
     from .protocol import check_overrides, parse_grid, parse_set
-    from .suites import get_suite, plan_grid, plan_suite
+    from .suites import get_suite, plan_grid, plan_suite, rerun_trials
     from .sweep import RecordsOutdated, run_sweep
     from .workloads import get_workload
 
@@ -206,16 +206,23 @@ def _cmd_run(args) -> int:
         return 2
     trials = plan.trials
     print(f"{plan.describe()}; results in {args.results}", file=sys.stderr)
+    sweep_info = {"suite": plan.suite, "time_baseline": plan.time_baseline, "selection": plan.selection}
     try:
         result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                           threads=args.threads, sweep_info={"suite": plan.suite, "time_baseline": plan.time_baseline,
-                                       "selection": plan.selection},
-                           rerun_changed=args.rerun_changed)
+                           threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed)
     except (ResultsNotWritable, DeviceUnavailable, RecordsOutdated) as error:  # refused before any trial started
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"ran {result.ran} trials ({result.skipped} already done): "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items())), file=sys.stderr)
+    again = rerun_trials(plan, _finished_records(args.results)) if plan.rerun_seeds else ()
+    if again:
+        print(f"rerunning the selected settings on {plan.rerun_seeds} seeds ({len(again)} trials, DeepOBS's "
+              "second stage)", file=sys.stderr)
+        more = run_sweep(again, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
+                         threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed)
+        for status, count in more.statuses.items():
+            result.statuses[status] = result.statuses.get(status, 0) + count
     for workload, message in result.missing_data.items():
         print(f"workload {workload} skipped: {message}", file=sys.stderr)
     if result.statuses.get("error"):
@@ -225,6 +232,13 @@ def _cmd_run(args) -> int:
         print(summary_text(data))
         print(f"\nreport: {path}", file=sys.stderr)
     return 1 if result.statuses.get("error") else 0
+
+
+def _finished_records(results):
+    from .store import Store
+
+    with Store(results, readonly=True) as store:
+        return store.records(statuses=("ok", "diverged"))
 
 
 def _cmd_report(args) -> int:

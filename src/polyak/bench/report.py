@@ -551,6 +551,38 @@ def window_table(data: ReportData, windows: Dict[Tuple[Tuple[str, str], str], Wi
     return "\n".join(lines) + ("\n\n'≥': the window reaches the end of the grid, so it may be wider.")
 
 
+def deepobs_reference_table(data: ReportData) -> str:
+    """Our selected settings beside DeepOBS's own baseline runs, at the epochs run here
+    (DeepOBS's per-epoch curve) and at DeepOBS's end (its published 10-seed result)."""
+    from .deepobs_baselines import PUBLISHED, SOURCE, curves_for
+
+    lines = []
+    for column in data.columns:
+        curves, published = curves_for(column[0]), PUBLISHED.get(column[0], {})
+        if not curves and not published:
+            continue
+        metric = data.metrics[column]
+        epochs = max(int((r.get("workload") or {}).get("epochs") or 0)
+                     for c in data.cells.values() for r in c.records if (r["config"]["workload"], r["config"]["size"]) == column)
+        if not lines:
+            lines = [f"| workload | run | test {metric.key} at epoch E (here) | at epoch 100 |", "|---|---|---|---|"]
+        for optimizer in data.optimizers:
+            cell = data.cells.get((column, optimizer))
+            if cell is not None and cell.mean is not None:
+                lines.append(f"| {data.label(column)} | ours: {optimizer} (E={epochs}) | {_cell_text(cell, metric)} | - |")
+        for name in sorted(set(published) | {c.optimizer for c in curves}):
+            curve = next((c for c in curves if c.optimizer == name), None)
+            at_e = "-" if curve is None or epochs >= len(curve.values) else \
+                _format_value(metric.scale * curve.values[epochs], metric) + f" (seed {curve.seed})"
+            final = published.get(name)
+            end = "-" if final is None else _format_value(metric.scale * final[0], metric) + (
+                "" if final[1] is None else f" ± {_format_value(metric.scale * final[1], metric)}") + " (10 seeds)"
+            lines.append(f"| {data.label(column)} | DeepOBS {name} | {at_e} | {end} |")
+    if not lines:
+        return ""
+    return "\n".join(lines) + f"\n\nDeepOBS rows: {SOURCE}; their tuned learning rate, TensorFlow, test set as DeepOBS splits it."
+
+
 def _settings_table(data: ReportData) -> str:
     lines = [f"Selection: {RULES[data.rule]}.", "",
              "| workload | optimizer | selected hyperparameters | val score | epoch read (per seed) | "
@@ -722,6 +754,7 @@ def _identical_note(data: ReportData) -> str:
 def render_markdown(data: ReportData, plots: Sequence[str] = (), records: Sequence[Dict[str, Any]] = ()) -> str:
     lines = verdict(data)
     windows = step_size_windows(records, data.metrics) if records else {}
+    reference = deepobs_reference_table(data)
     diverged = sum(c.diverged for c in data.cells.values())
     parts = [
         "# polyak benchmark report",
@@ -745,6 +778,7 @@ def render_markdown(data: ReportData, plots: Sequence[str] = (), records: Sequen
         parts += [f"{diverged} selected-setting trial(s) diverged (marked in the table and with x in the plots).",
                   ""]
     parts += [
+        *([] if not reference else ["## Against DeepOBS's published baselines", "", reference, ""]),
         "## Time to target",
         "",
         "The first evaluated epoch at which the reported test metric reaches the workload's target: its declared "
@@ -862,10 +896,15 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
     """Training loss and validation metric per epoch of the selected settings (mean over seeds),
     one row of panels per group of at most 10 optimizers; diverged trials dashed, ending in x,
     and left out of the axis limits."""
+    from .deepobs_baselines import curves_for
+
     plt = _plt()
     written = []
     for column in data.columns:
         metric = data.metrics[column]
+        references = curves_for(column[0])
+        # with DeepOBS reference curves (test metrics) the right panel shows our test metric too
+        split = "test" if references else "val"
         groups = [[o for o in g if (column, o) in data.cells] for g in _panels(data.optimizers)]
         groups = [g for g in groups if g] or [[]]
         fig, axes = plt.subplots(len(groups), 2, figsize=(12, 3.8 * len(groups)), squeeze=False)
@@ -878,7 +917,7 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
                 style = {"color": _colour(plt, index), "linestyle": "--" if bad else "-"}
                 label = optimizer + (" (diverged)" if bad else "")
                 for ax, key, kept in ((ax_loss, lambda e: e.get("train_loss"), kept_loss),
-                                      (ax_val, lambda e: (e.get("val") or {}).get(metric.key), kept_val)):
+                                      (ax_val, lambda e: (e.get(split) or {}).get(metric.key), kept_val)):
                     epochs, values = _mean_curve(cell.records, key)
                     if not epochs:
                         continue
@@ -887,13 +926,20 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
                         ax.plot(epochs[-1:], values[-1:], marker="x", markersize=9, **style)
                     else:  # the scale follows training, not the untrained epoch 0
                         kept.extend(v for e, v in zip(epochs, values) if e >= 1)
+            last = max((len(c.records[0].get("epochs") or []) for c in data.cells.values() if c.records), default=1)
+            for ref in references:  # DeepOBS's own runs, over the epochs run here, grey and dotted
+                shown = list(ref.values[:last])
+                ax_val.plot(range(len(shown)), shown, color="0.45", linestyle=":", linewidth=1.5,
+                            label=f"DeepOBS {ref.optimizer} (seed {ref.seed})")
+                kept_val.extend(shown[1:])
             ax_loss.set_yscale("log")
             _limits(ax_loss, kept_loss, log=True)
             _limits(ax_val, kept_val, log=False)
             ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean, log)",
                         title=f"{data.label(column)}: training loss")
-            ax_val.set(xlabel="epoch", ylabel=f"validation {metric.key}",
-                       title=f"{data.label(column)}: validation {metric.key}")
+            where = "test" if references else "validation"
+            ax_val.set(xlabel="epoch", ylabel=f"{where} {metric.key}", title=f"{data.label(column)}: {where} {metric.key}"
+                       + (" (dotted: DeepOBS's baselines)" if references else ""))
             _legend_outside(ax_val)
         written.append(_save(fig, out_dir, f"curves_{_safe(column[0])}_{_safe(column[1])}.png"))
     return written

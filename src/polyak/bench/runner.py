@@ -253,6 +253,21 @@ class _Stepper:
 
 
 # ----------------------------------------------------------------- the trial
+def scale_to_run(hyperparameters: Mapping[str, Any], total_steps: int) -> Dict[str, Any]:
+    """Resolve run-length-scaled arguments: a value {"value": v, "per_total_steps": T} becomes
+    max(1, round(v * total_steps / T)), e.g. LABPAL's reuse_steps=1000 of the paper's 150,000
+    steps on a run of 3,000 steps is 20. Suites use it to keep an optimizer's documented
+    options in proportion to a shorter run; the record keeps both the rule (config) and the
+    value passed (optimizer.arguments)."""
+    out = {}
+    for name, value in hyperparameters.items():
+        if isinstance(value, Mapping) and set(value) == {"value", "per_total_steps"}:
+            value = max(1, int(round(float(value["value"]) * total_steps / float(value["per_total_steps"]))))
+        out[name] = value
+    return out
+
+
+
 def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
     return all(not isinstance(v, float) or math.isfinite(v) for v in metrics.values())
 
@@ -358,7 +373,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         "n_batches_per_epoch": n_batches, "total_steps": epochs * n_batches, "batch_size": budget.batch_size,
     }
     kwargs = {name: context_values[name] for name in spec.context}
-    kwargs.update(config.hyperparameters)
+    kwargs.update(scale_to_run(config.hyperparameters, epochs * n_batches))
     if "lower_bound" not in kwargs and "lower_bound" not in spec.defaults and accepts(spec, "lower_bound"):
         kwargs["lower_bound"] = workload.lower_bound
     optimizer = spec.create(model.parameters(), **kwargs)

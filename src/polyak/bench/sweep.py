@@ -49,8 +49,8 @@ __all__ = ["REGULARISATION_GRIDS", "RecordsOutdated", "outdated_trials", "SweepR
 #: Regularisation grids per size. "quick" does not tune it (the record's default
 #: applies). max_norm: the ALI-G paper's radii; weight decay: the usual CIFAR values.
 REGULARISATION_GRIDS: Dict[str, Dict[str, Tuple[Any, ...]]] = {
-    "max_norm": {"quick": (), "lite": (None, 100.0), "paper": (None, 50.0, 100.0, 200.0, 400.0)},
-    "weight_decay": {"quick": (), "lite": (0.0, 1e-4), "paper": (0.0, 1e-4, 5e-4)},
+    "max_norm": {"quick": (), "lite": (None, 100.0), "medium": (None, 100.0), "paper": (None, 50.0, 100.0, 200.0, 400.0)},
+    "weight_decay": {"quick": (), "lite": (0.0, 1e-4), "medium": (0.0, 1e-4), "paper": (0.0, 1e-4, 5e-4)},
 }
 
 

@@ -15,7 +15,18 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-SIZES = ("quick", "lite", "paper")
+SIZES = ("quick", "lite", "medium", "paper")
+
+#: "medium" keeps the papers' relative budgets on CPU: ALI-G+'s K = 5 sections of at least
+#: MEDIUM_SECTION_EPOCHS epochs each (a section of one epoch leaves most ALI-G+ steps at 0).
+MEDIUM_SECTION_EPOCHS = 5
+
+
+def medium_budget(lite: "Budget", paper: "Budget") -> "Budget":
+    """A workload's "medium" budget unless it declares one: lite's data and batch, with
+    5 x MEDIUM_SECTION_EPOCHS epochs (or lite's, if more), at most the paper's epochs."""
+    epochs = min(paper.epochs, max(lite.epochs, 5 * MEDIUM_SECTION_EPOCHS))
+    return dataclasses.replace(lite, epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,8 @@ class Workload:
         given to Polyak-step optimizers.
     interpolating: whether the model can drive the training loss to ~0 (paper's split).
     data: name of the data set in polyak.bench.datasets (None: synthetic or bundled).
-    budgets: Budget per size in SIZES; "paper" is the papers' own budget.
+    budgets: Budget per size in SIZES; "paper" is the papers' own budget; "medium" may be
+        left out (medium_budget() derives it from lite and paper).
     build(size, seed, data_dir, budget) -> WorkloadInstance; raises
         polyak.bench.datasets.DatasetMissing (with the fetch command) when data is absent.
         ``budget`` is the harness's budget for this trial (``budgets[size]`` with the
@@ -102,9 +114,16 @@ class Workload:
 
         if self.metric not in METRICS:
             raise ValueError(f"{self.name}: metric must be one of {sorted(METRICS)}, got {self.metric!r}")
-        missing = [s for s in SIZES if s not in self.budgets]
+        missing = [s for s in SIZES if s not in self.budgets and s != "medium"]
         if missing:
             raise ValueError(f"{self.name}: budgets missing for sizes {missing}")
+        if "medium" not in self.budgets:
+            derived = medium_budget(self.budgets["lite"], self.budgets["paper"])
+            if isinstance(self.budgets, dict):
+                # the module's own dict: its build() looks budgets up there by size
+                self.budgets["medium"] = derived
+            else:
+                object.__setattr__(self, "budgets", dict(self.budgets, medium=derived))
 
     def instantiate(self, size: str, seed: int, data_dir: Optional[Path] = None,
                     epochs: Optional[int] = None) -> WorkloadInstance:
