@@ -29,7 +29,7 @@ def _write_frame(path, name, columns, rows):
     path.write_bytes(lzma.compress(writer.rda([(name, writer.data_frame(encoded, rows))])))
 
 
-def _fake_mlbench(root: Path, rows: int = 240) -> Path:
+def _fake_mlbench(root: Path, rows: int = 240, files=None) -> Path:
     """<root>/mlbench as `polyak data fetch mlbench` leaves it, with a small random Satellite.rda
     (36 features, 6 classes; its label depends on the first feature so there is something to learn)."""
     folder = root / "mlbench"
@@ -41,12 +41,13 @@ def _fake_mlbench(root: Path, rows: int = 240) -> Path:
     _write_frame(folder / "Satellite.rda", "Satellite", columns + [("classes", "fac", labels + 1, SATELLITE_LEVELS)],
                  rows)
     spec = FETCHABLE["mlbench"]
-    for name in spec.files:
+    files = spec.files if files is None else files  # what the fetch kept (an older polyak kept fewer)
+    for name in files:
         if not (folder / name).exists():
             (folder / name).write_bytes(b"")
     record = {"name": "mlbench", "registry": spec.registry, "package": spec.package_ref, "package_file": "x.deb",
               "sha256": spec.sha256, "files": {name: {"size": (folder / name).stat().st_size,
-                                                      "sha256": sha256_file(folder / name)} for name in spec.files}}
+                                                      "sha256": sha256_file(folder / name)} for name in files}}
     (folder / RECORD_NAME).write_text(json.dumps(record))
     return folder
 
@@ -115,3 +116,15 @@ def test_mlbench_sets_on_the_fetched_package():
             assert np.bincount(y).tolist() == expected[name], name
     X, y, classes = load_mlbench("letter")
     assert classes[0] == "A" and int((y == 0).sum()) == 789
+
+
+def test_a_cache_fetched_when_mlbench_kept_fewer_files_still_serves_them(tmp_path):
+    from polyak.bench.datasets import DatasetCorrupted
+
+    old_files = ("Shuttle.rda", "LetterRecognition.rda", "Satellite.rda", "DNA.rda", "Sonar.rda", "Ionosphere.rda")
+    _fake_mlbench(tmp_path, rows=30, files=old_files)
+    X, y, classes = load_mlbench("satellite", data_dir=tmp_path)
+    assert X.shape == (30, 36) and classes == tuple(SATELLITE_LEVELS)
+    with pytest.raises(DatasetCorrupted, match=r"Vehicle.rda is missing \(the cache was fetched when this set kept "
+                                               r"fewer files\).*polyak data fetch mlbench"):
+        load_mlbench("vehicle", data_dir=tmp_path)

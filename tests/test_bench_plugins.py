@@ -196,6 +196,16 @@ def test_an_evaluate_without_the_metric_key_fails_on_the_first_evaluation():
     assert record["status"] == "error" and record.get("epochs") is None  # before any training
     assert "returned ['acc', 'loss']" in record["error"] and "metric 'accuracy'" in record["error"]
 
+    def build_without_loss(size, seed, data_dir=None):
+        instance = tiny.build(size, seed, data_dir)
+        inner = instance.evaluate
+        instance.evaluate = lambda model, data: {"accuracy": inner(model, data)["accuracy"]}
+        return instance
+
+    _workload("tiny-no-loss", build_without_loss)
+    record = run_trial(TrialConfig("tiny-no-loss", "quick", "fake-gradient", {"lr": 0.1}, 0))
+    assert record["status"] == "error" and "without 'loss'" in record["error"]
+
 
 def test_plugin_import_errors_are_one_line_with_the_fix(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -274,7 +274,7 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
 
 def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
     """The first evaluation must report the workload's metric, or every epoch of
-    the trial would score as missing (and the report call it diverged)."""
+    the trial would score as missing (and the report call it diverged), and the loss."""
     key = get_metric(workload.metric).key
     for split in ("val", "test"):
         keys = sorted((entry.get(split) or {}).keys())
@@ -283,6 +283,9 @@ def check_metric_key(workload, entry: Mapping[str, Any]) -> None:
                 f"workload {workload.name!r}: evaluate() returned {keys} on the {split} set, without the key "
                 f"{key!r} of the workload's metric {workload.metric!r}; return {{{key!r}: ...}} (e.g. with "
                 "polyak.bench.workloads.helpers.classifier_evaluate) or declare the metric evaluate() reports")
+        if "loss" not in keys:  # ties on validation and the divergence threshold read it
+            raise ValueError(f"workload {workload.name!r}: evaluate() returned {keys} on the {split} set, "
+                             "without 'loss'; return the mean per-sample loss as 'loss'")
 
 
 def summarise(epochs: List[Dict[str, Any]], metric: str, diverged: bool) -> Dict[str, Any]:

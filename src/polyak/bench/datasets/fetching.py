@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .cache import DatasetCorrupted, DatasetMissing, FetchError, PathLike, cache_dir
 
@@ -200,11 +200,13 @@ def _file_sha256(path: Path) -> str:
     return _VERIFIED[key]
 
 
-def cache_problems(name: str, cache: Optional[PathLike] = None, verify: bool = True) -> List[str]:
+def cache_problems(name: str, cache: Optional[PathLike] = None, verify: bool = True,
+                   files: Optional[Sequence[str]] = None) -> List[str]:
     """What is wrong with ``<cache>/<name>``: [] when it holds a complete fetch of the
     pinned package. ``verify``: also compare every file's sha256 with the one the fetch
     recorded (catches a flipped byte; costs ~0.1 s for MNIST's 55 MB, once per process),
-    else only the sizes."""
+    else only the sizes. ``files``: check only these of the set's files (what one loader
+    reads), so a cache fetched when the set kept fewer files still serves the old ones."""
     spec = get_spec(name)
     folder = cache_dir(cache) / name
     record = _read_record(folder)
@@ -212,11 +214,13 @@ def cache_problems(name: str, cache: Optional[PathLike] = None, verify: bool = T
         return [f"{folder} holds no fetch record ({RECORD_NAME})"]
     if record.get("sha256") != spec.sha256:
         return [f"{folder} was fetched from another package than the pinned {spec.package_ref}"]
-    files = record.get("files", {})
+    files, only = record.get("files", {}), files
     problems = []
-    for file_name in spec.files:
+    for file_name in spec.files if only is None else only:
         path = folder / file_name
-        if file_name not in files or not path.is_file():
+        if file_name not in files and not path.exists():
+            problems.append(f"{file_name} is missing (the cache was fetched when this set kept fewer files)")
+        elif file_name not in files or not path.is_file():
             problems.append(f"{file_name} is missing")
         elif path.stat().st_size != files[file_name]["size"]:
             problems.append(f"{file_name} has {path.stat().st_size} bytes, the fetch recorded {files[file_name]['size']}")
@@ -237,13 +241,13 @@ def repair_command(name: str, data_dir: Optional[PathLike] = None) -> str:
     return f"polyak data fetch {name}{flag}"
 
 
-def require(name: str, data_dir: Optional[PathLike] = None) -> Path:
+def require(name: str, data_dir: Optional[PathLike] = None, files: Optional[Sequence[str]] = None) -> Path:
     """``<cache>/<name>`` of a fetched, verified set (sha256 of every file against the
-    fetch record), else DatasetMissing naming the fetch command, or DatasetCorrupted
-    naming the bad file and the command that repairs it."""
+    fetch record; ``files``: only these), else DatasetMissing naming the fetch command,
+    or DatasetCorrupted naming the bad file and the command that repairs it."""
     folder = cache_dir(data_dir) / name
     spec = get_spec(name)
-    problems = cache_problems(name, data_dir)
+    problems = cache_problems(name, data_dir, files=files)
     if not problems:
         return folder
     if _read_record(folder) is not None:

@@ -111,7 +111,7 @@ def load_mlbench(name: str, root: Optional[PathLike] = None, *,
     if name not in MLBENCH_SETS:
         raise KeyError(f"unknown mlbench set {name!r}; known: {', '.join(MLBENCH_SETS)}")
     spec = MLBENCH_SETS[name]
-    folder = Path(root) if root is not None else require("mlbench", data_dir)
+    folder = Path(root) if root is not None else require("mlbench", data_dir, files=(spec.file,))
     path = folder / spec.file
     objects = read_rda(path)
     if spec.obj not in objects or not isinstance(objects[spec.obj], pd.DataFrame):
