@@ -256,3 +256,16 @@ def test_a_file_named_twice_is_listed_once_in_load_order(tmp_path, monkeypatch):
     load_plugins(["twice_a.py", second, first])
     paths = [p["path"] for p in loaded_plugins()]
     assert paths.count(first) == 1 and paths.index(first) < paths.index(second)
+
+
+def test_user_modules_are_fingerprinted_like_plugins_and_builtins_are_not():
+    import hashlib
+
+    from polyak.bench.plugins import fingerprint
+
+    # the tiny workload's module lies outside polyak: imported or loaded as a plugin, the same fingerprint
+    # (a Ray or pool worker that loads it as a plugin and a driver that imported it agree on resume)
+    path = Path(tiny.__file__).resolve()
+    assert fingerprint("workload", tiny.WORKLOAD) == {"source": str(path),
+                                                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert fingerprint("workload", "mnist-resnet8") == {"source": "polyak.bench.workloads.mnist", "sha256": None}

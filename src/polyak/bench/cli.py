@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--results", default="runs", help="results directory (default: runs)")
     p_run.add_argument("--jobs", type=_positive_int, default=DEFAULT_JOBS,
                        help=f"parallel trial processes (default {DEFAULT_JOBS}: up to 2, one per core)")
+    p_run.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: processes on this machine (default); ray: Ray tasks, records come back here")
+    p_run.add_argument("--address", default=None,
+                       help="Ray cluster address for --executor ray (default: start a local Ray)")
     p_run.add_argument("--threads", type=_positive_int, default=None,
                        help="torch threads per trial (default: cores / jobs)")
     p_run.add_argument("--data-dir", default=None, help="data directory (default: the datasets' default)")
@@ -209,7 +213,8 @@ def _cmd_run(args) -> int:
     sweep_info = {"suite": plan.suite, "time_baseline": plan.time_baseline, "selection": plan.selection}
     try:
         result = run_sweep(trials, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                           threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed)
+                           threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed,
+                           executor=args.executor, address=args.address)
     except (ResultsNotWritable, DeviceUnavailable, RecordsOutdated) as error:  # refused before any trial started
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -220,7 +225,8 @@ def _cmd_run(args) -> int:
         print(f"rerunning the selected settings on {plan.rerun_seeds} seeds ({len(again)} trials, DeepOBS's "
               "second stage)", file=sys.stderr)
         more = run_sweep(again, args.results, jobs=args.jobs, data_dir=args.data_dir, device=args.device,
-                         threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed)
+                         threads=args.threads, sweep_info=sweep_info, rerun_changed=args.rerun_changed,
+                         executor=args.executor, address=args.address)
         for status, count in more.statuses.items():
             result.statuses[status] = result.statuses.get(status, 0) + count
     for workload, message in result.missing_data.items():

@@ -237,7 +237,7 @@ def register_bench_optimizer(spec: OptimizerSpec, *, source: str = "plugin", mod
     if not isinstance(spec, OptimizerSpec):
         raise TypeError(f"register_bench_optimizer needs a polyak.OptimizerSpec, got {type(spec).__name__}")
     check_name("optimizer", spec.name)
-    where = registration_source(sys._getframe(1).f_globals.get("__name__"))
+    where = registration_source(sys._getframe(1).f_globals)
     builtin = {s.name: "polyak's registry (polyak.specs())" for s in polyak.specs()}
     builtin.update({info.name: f"the peers of polyak.bench.optimizers ({info.source})" for info in PEERS})
     if spec.name in builtin:

@@ -32,10 +32,11 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 __all__ = ["PLUGINS_ENV", "Plugin", "PluginError", "load_plugins", "loaded_plugins", "check_name",
-           "current_plugin", "registration_source", "source_of", "remember_source", "fingerprint"]
+           "current_plugin", "registration_source", "source_of", "remember_source", "fingerprint",
+           "trial_provenance", "changes_since"]
 
 #: Plugins (dotted module names or .py paths, comma separated) imported before workloads
 #: and optimizers are looked up, in this process and in sweep workers.
@@ -66,6 +67,8 @@ _BY_MODULE_NAME: Dict[str, Plugin] = {}  # module name of a file plugin -> plugi
 _CURRENT: List[Plugin] = []              # plugins being imported (innermost last)
 #: (kind, name) -> where it was registered: a plugin path or a module name
 _SOURCES: Dict[tuple, str] = {}
+_FILE_SHA256: Dict[str, str] = {}  # path -> sha256 of a non-plugin registering module, read once
+_POLYAK_DIR = Path(__file__).resolve().parents[1]  # src/polyak: built-ins live here
 
 
 def check_name(kind: str, name: object) -> str:
@@ -88,13 +91,19 @@ def current_plugin() -> Optional[Plugin]:
     return _CURRENT[-1] if _CURRENT else None
 
 
-def registration_source(caller_module: Optional[str]) -> str:
-    """Where a registration happening now comes from: the plugin file being
-    imported, else ``caller_module`` (the module that called the register function)."""
+def registration_source(caller: Mapping[str, object]) -> str:
+    """Where a registration happening now comes from, given the globals of the module
+    that called the register function: the plugin file being imported; else that
+    module's file when it lies outside polyak (a user's module, a test), so that it is
+    fingerprinted like a plugin; else the module's name (polyak's built-ins: the git
+    SHA in the record covers them)."""
     plugin = current_plugin()
     if plugin is not None:
         return plugin.path
-    return caller_module or "<unknown>"
+    module, file = caller.get("__name__"), caller.get("__file__")
+    if isinstance(file, str) and not Path(file).resolve().is_relative_to(_POLYAK_DIR):
+        return str(Path(file).resolve())
+    return str(module or "<unknown>")
 
 
 def remember_source(kind: str, name: str, source: str) -> None:
@@ -107,12 +116,18 @@ def source_of(kind: str, name: str) -> Optional[str]:
 
 
 def fingerprint(kind: str, name: str) -> Dict[str, Optional[str]]:
-    """``{"source": ..., "sha256": ...}`` of a registered name: the sha256 is the
-    plugin file's when a plugin registered it, None for built-ins (the git SHA in
-    the record covers those)."""
+    """``{"source": ..., "sha256": ...}`` of a registered name: the sha256 of the
+    file that registered it (a plugin, or a user's module outside polyak), None for
+    polyak's built-ins (the git SHA in the record covers those)."""
     source = source_of(kind, name)
     plugin = next((p for p in _LOADED.values() if p.path == source), None)
-    return {"source": source, "sha256": plugin.sha256 if plugin else None}
+    if plugin is not None:
+        return {"source": source, "sha256": plugin.sha256}
+    if source is not None and source.endswith(".py") and os.path.isfile(source):
+        if source not in _FILE_SHA256:
+            _FILE_SHA256[source] = _sha256(Path(source))
+        return {"source": source, "sha256": _FILE_SHA256[source]}
+    return {"source": source, "sha256": None}
 
 
 def loaded_plugins() -> List[Dict[str, str]]:
@@ -226,7 +241,7 @@ def load_plugins(entries: Union[None, str, Sequence[str]] = None, *, origin: Opt
 
 
 # ------------------------------------------------------------ provenance
-def provenance(workload: str, optimizer: str) -> Dict[str, Dict[str, object]]:
+def trial_provenance(workload: str, optimizer: str) -> Dict[str, Dict[str, object]]:
     """What a trial's results depend on beyond its config and polyak's git SHA:
     where its workload and optimizer come from (with the plugin file's sha256)
     and the optimizer record's defaults (which the config does not name)."""
@@ -247,7 +262,7 @@ def changes_since(record: Dict[str, object]) -> List[str]:
     recorded are compared on the optimizer arguments they hold."""
     config = record["config"]
     then = record.get("provenance") or {}
-    now = provenance(config["workload"], config["optimizer"])
+    now = trial_provenance(config["workload"], config["optimizer"])
     changes = []
     for kind in ("workload", "optimizer"):
         old, new = then.get(kind) or {}, now[kind]

@@ -1,5 +1,10 @@
 """One trial: (workload, size, optimizer, hyperparameters, seed) -> one record.
 
+This module is the loop; by concern the rest lives beside it: ``feeding`` (how an
+optimizer is fed, shared with the contract tests), ``provenance`` (seeds, git SHA,
+device, versions), ``records`` (the record's schema and JSON form) and the selection
+the report makes (``report``).
+
 The runner owns the training loop and reads the workload only through its
 contract (``polyak.bench.workloads.base``) and the optimizer only through its
 record (``OptimizerSpec``): what ``step()`` is fed comes from ``spec.needs`` and
@@ -20,7 +25,7 @@ How each need is fed (one step, one batch):
   every evaluation.
 
 A record holds the config, seed, the loaded plugins (path, sha256), the
-provenance of its workload and optimizer (:func:`polyak.bench.plugins.provenance`),
+provenance of its workload and optimizer (:func:`polyak.bench.plugins.trial_provenance`),
 versions, git SHA, device, per-epoch metrics (epoch 0 is the initial model), a
 sampled step-size trace (with the ``clipped`` flag of Polyak-type steps), the
 counts of steps clipped at ``max_lr`` and of steps exactly 0 (every step), the
@@ -32,148 +37,26 @@ the trial). Records are plain JSON: non-finite floats are stored as null.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import os
-import platform
-import random
 import statistics
-import subprocess
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-import polyak
-
+from .feeding import Stepper, indexed_collate, passes_so_far, read_step_size, to_device
 from .optimizers import accepts, optimizer_info
-from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, provenance
+from .plugins import PLUGINS_ENV, load_plugins, loaded_plugins, trial_provenance
+from .provenance import DeviceUnavailable, check_device, describe_device, git_sha, package_versions, seed_everything, utcnow
 from .records import RECORD_SCHEMA_VERSION, TrialConfig, divergence, effective_budget, get_metric, json_safe
 
 __all__ = ["RECORD_SCHEMA_VERSION", "PLUGINS_ENV", "TrialConfig", "run_trial", "load_plugins", "json_safe",
            "check_device", "DeviceUnavailable"]
 
 TRACE_POINTS = 200  # step-size trace samples per trial, enough for a log-scale plot
-
-_STEP_NEEDS = ("probe_closure", "per_sample_loss", "loss", "gradient")
-
-
-
-
-# ----------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy
-
-        numpy.random.seed(seed % 2**32)
-    except ImportError:
-        pass
-
-
-_GIT_SHA: Dict[str, Optional[str]] = {}
-
-
-def git_sha() -> Optional[str]:
-    """SHA of the checkout polyak is imported from (None outside a git checkout)."""
-    if "sha" not in _GIT_SHA:
-        source_dir = Path(polyak.__file__).resolve().parent
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source_dir, capture_output=True, text=True, timeout=10)
-            _GIT_SHA["sha"] = out.stdout.strip() if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            _GIT_SHA["sha"] = None
-    return _GIT_SHA["sha"]
-
-
-class DeviceUnavailable(ValueError):
-    """The requested torch device cannot be used in this process."""
-
-
-def check_device(device: Optional[str]) -> None:
-    """Raise DeviceUnavailable unless ``device`` (None: the default) can hold a tensor here;
-    sweeps call it before their first trial, so a wrong --device fails at once."""
-    if device is None:
-        return
-    try:
-        torch.empty(1, device=torch.device(device))
-    except (RuntimeError, AssertionError, ValueError) as error:
-        cuda = "" if torch.cuda.is_available() else f"; this torch {torch.__version__} sees no CUDA device"
-        raise DeviceUnavailable(f"device {device!r} is not usable here ({str(error).splitlines()[0]}){cuda}. "
-                                "Pass --device cpu, or omit --device to use CUDA when available, else the CPU") from None
-
-
-def describe_device(device: torch.device) -> Dict[str, Any]:
-    info: Dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-    else:
-        info["name"] = platform.processor() or platform.machine()
-    return info
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, tuple):
-        return tuple(_to_device(b, device) for b in batch)
-    if isinstance(batch, list):
-        return [_to_device(b, device) for b in batch]
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _indexed_collate(collate_fn: Optional[Callable]) -> Callable:
-    """Collate (index, sample) pairs with the workload's own collate for the samples."""
-    from torch.utils.data import default_collate
-
-    inner = collate_fn or default_collate
-
-    def collate(pairs):
-        indices = torch.tensor([index for index, _ in pairs], dtype=torch.long)
-        return indices, inner([sample for _, sample in pairs])
-
-    return collate
-
-
-def read_step_size(optimizer: torch.optim.Optimizer) -> Optional[float]:
-    """The effective step size of the first param group: ``step_size`` (polyak's
-    optimizers), else ``lr * d`` (D-Adaptation and Prodigy keep their estimate in
-    ``d``), else ``lr``."""
-    group = optimizer.param_groups[0]
-    if "step_size" in group:
-        value = group["step_size"]
-    elif "d" in group and "lr" in group:
-        value = float(group["lr"]) * float(group["d"])
-    elif "lr" in group:
-        value = group["lr"]
-    else:
-        return None
-    value = float(value.item() if isinstance(value, torch.Tensor) else value)
-    return value if math.isfinite(value) else None
-
-
-def _passes_so_far(optimizer) -> Optional[Dict[str, float]]:
-    cost = getattr(optimizer, "cost", None)
-    if isinstance(cost, Mapping) and "forward" in cost and "backward" in cost:
-        return {"forward": float(cost["forward"]), "backward": float(cost["backward"])}
-    return None
-
-
-def _package_versions(source: str, version: Optional[str]) -> Dict[str, Optional[str]]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "polyak": polyak.__version__}
-    if source not in ("polyak", "torch"):
-        versions[source] = version
-    return versions
-
-
-def _utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class StepCounts:
@@ -205,53 +88,6 @@ class StepCounts:
         return {"steps": self.steps, "clipped_at_max_lr": int(self.clipped), "zero": int(self.zero)}
 
 
-# ----------------------------------------------------------------- stepping
-class _Stepper:
-    """Feeds one optimizer what its record's ``needs`` say. Returns the batch mean loss (detached)."""
-
-    def __init__(self, needs, optimizer, model, per_sample_loss):
-        self.needs = frozenset(needs)
-        kinds = [k for k in _STEP_NEEDS if k in self.needs]
-        if not kinds:
-            raise ValueError(
-                f"optimizer record needs {sorted(self.needs)}: none of {list(_STEP_NEEDS)} says how to call step(); "
-                "add one to the record's needs"
-            )
-        self.kind = kinds[0]  # a line search's closure subsumes loss/gradient feeding
-        self.optimizer, self.model, self.per_sample_loss = optimizer, model, per_sample_loss
-
-    def step(self, index, inputs, targets) -> torch.Tensor:
-        opt = self.optimizer
-        extra = {"index": index} if "index" in self.needs else {}
-        if self.kind == "probe_closure":
-            first_loss: List[torch.Tensor] = []
-
-            def closure():
-                loss = self.per_sample_loss(self.model(inputs), targets).mean()
-                if not first_loss:
-                    first_loss.append(loss.detach())
-                return loss
-
-            opt.zero_grad()
-            returned = opt.step(closure, **extra)
-            if first_loss:
-                return first_loss[0]
-            if isinstance(returned, torch.Tensor):
-                return returned.detach()
-            raise RuntimeError("a probe_closure optimizer neither evaluated the closure nor returned the loss")
-        losses = self.per_sample_loss(self.model(inputs), targets)
-        loss = losses.mean()
-        opt.zero_grad()
-        loss.backward()
-        if self.kind == "per_sample_loss":
-            opt.step(loss=losses.detach(), **extra)
-        elif self.kind == "loss":
-            opt.step(loss=loss.detach(), **extra)
-        else:
-            opt.step(**extra)
-        return loss.detach()
-
-
 # ----------------------------------------------------------------- the trial
 def scale_to_run(hyperparameters: Mapping[str, Any], total_steps: int) -> Dict[str, Any]:
     """Resolve run-length-scaled arguments: a value {"value": v, "per_total_steps": T} becomes
@@ -265,7 +101,6 @@ def scale_to_run(hyperparameters: Mapping[str, Any], total_steps: int) -> Dict[s
             value = max(1, int(round(float(value["value"]) * total_steps / float(value["per_total_steps"]))))
         out[name] = value
     return out
-
 
 
 def _finite_metrics(metrics: Mapping[str, Any]) -> bool:
@@ -325,7 +160,7 @@ def run_trial(
         "config": config.to_dict(),
         "seed": config.seed,
         "git_sha": git_sha(),
-        "started_at": _utcnow(),
+        "started_at": utcnow(),
         "status": "error",
         "diverged": False,
         "diverged_at": None,
@@ -336,18 +171,18 @@ def run_trial(
     record["device"] = describe_device(torch_device)
     try:
         info = optimizer_info(config.optimizer)
-        record["versions"] = _package_versions(info.source, info.version)
+        record["versions"] = package_versions(info.source, info.version)
         workload = get_workload(config.workload)
         seed_everything(config.seed)
-        record["provenance"] = provenance(config.workload, config.optimizer)
+        record["provenance"] = trial_provenance(config.workload, config.optimizer)
         instance = workload.instantiate(config.size, config.seed, data_dir, config.epochs)
         _train(config, record, workload, instance, info, torch_device, progress, trace_points)
     except Exception as error:  # a failing trial is a result, not a crash of the sweep
         record["status"] = "error"
         record["error"] = f"{type(error).__name__}: {error}"
         record["traceback"] = traceback.format_exc(limit=8)
-        record.setdefault("versions", _package_versions("polyak", None))
-    record["finished_at"] = _utcnow()
+        record.setdefault("versions", package_versions("polyak", None))
+    record["finished_at"] = utcnow()
     record["wall_time_s"] = time.perf_counter() - started
     return json_safe(record)
 
@@ -366,7 +201,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         from polyak.data import IndexedDataset
 
         train_set = IndexedDataset(instance.train)
-        collate = _indexed_collate(instance.collate_fn)
+        collate = indexed_collate(instance.collate_fn)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=budget.batch_size, shuffle=True, generator=generator,
                         collate_fn=collate, drop_last=budget.drop_last)
@@ -380,7 +215,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
     if "lower_bound" not in kwargs and "lower_bound" not in spec.defaults and accepts(spec, "lower_bound"):
         kwargs["lower_bound"] = workload.lower_bound
     optimizer = spec.create(model.parameters(), **kwargs)
-    stepper = _Stepper(needs, optimizer, model, instance.per_sample_loss)
+    stepper = Stepper(needs, optimizer, model, instance.per_sample_loss)
     train_eval = "train_eval" in needs
 
     record["optimizer"] = {
@@ -436,7 +271,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
                     index = index.to(device)
                 else:
                     index, (inputs, targets) = None, batch
-                inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+                inputs, targets = to_device(inputs, device), to_device(targets, device)
                 tick = time.perf_counter()
                 loss = float(stepper.step(index, inputs, targets))
                 elapsed = time.perf_counter() - tick
@@ -471,7 +306,7 @@ def _train(config, record, workload, instance, info, device, progress, trace_poi
         if bar is not None:
             bar.close()
 
-    passes = _passes_so_far(optimizer)
+    passes = passes_so_far(optimizer)
     if passes is not None and step > 0:
         passes_per_step = {"forward": passes["forward"] / step, "backward": passes["backward"] / step, "source": "opt.cost"}
     else:

@@ -234,6 +234,8 @@ def run_sweep(
     on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
     sweep_info: Optional[Dict[str, Any]] = None,
     rerun_changed: bool = False,
+    executor: str = "local",
+    address: Optional[str] = None,
 ) -> SweepResult:
     """Run the trials that have no finished record in ``results_dir``.
 
@@ -244,7 +246,18 @@ def run_sweep(
     A finished record made with another version of a plugin, or with other record
     defaults of its optimizer, is not reused: the sweep raises :class:`RecordsOutdated`
     naming the changes, or with ``rerun_changed`` reruns those trials (their records
-    are replaced)."""
+    are replaced).
+
+
+    executor: "local" (this machine: in-process for jobs=1, else a pool of spawned
+    processes) or "ray": every trial is a Ray task on the cluster at ``address`` (None:
+    a local Ray started here); tasks return their records and this process writes them
+    (the workers need no shared filesystem), so resume works the same. ``jobs`` bounds
+    the tasks in flight."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if address is not None and executor != "ray":
+        raise ValueError("address is the Ray cluster's: pass executor='ray' with it")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1 (parallel trial processes), got {jobs!r}")
     check_device(device)  # a wrong device fails here, not as one error record per trial
@@ -297,7 +310,9 @@ def run_sweep(
 
         root, data = str(results_dir), (str(data_dir) if data_dir else None)
         try:
-            if jobs == 1 or len(todo) <= 1:
+            if executor == "ray":
+                _run_ray(todo, jobs, threads, root, data, device, finished, wanted, sweep_info, address)
+            elif jobs == 1 or len(todo) <= 1:
                 if threads is not None:
                     torch.set_num_threads(threads)
                 for trial in todo:
@@ -313,6 +328,54 @@ def run_sweep(
                            missing_data=missing_data)
     finally:
         store.close()
+
+
+#: where trials run: this machine, or Ray tasks (the optional extra ``polyak[ray]``)
+EXECUTORS = ("local", "ray")
+
+
+def _ray_trial(config: Dict[str, Any], data: Optional[str], device: Optional[str], threads: int, plugins: str,
+               jobs: int, sweep_info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """One trial inside a Ray worker: the record comes back to the driver, nothing is written here."""
+    torch.set_num_threads(threads)
+    os.environ[PLUGINS_ENV] = plugins
+    load_plugins(plugins)
+    record = run_trial(TrialConfig.from_dict(config), data_dir=Path(data) if data else None, device=device)
+    record["sweep"] = {**(sweep_info or {}), "jobs": jobs, "executor": "ray"}
+    return record
+
+
+def _run_ray(todo, jobs, threads, root, data, device, finished, wanted, sweep_info, address) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--executor ray needs Ray: pip install 'polyak[ray]' (or pip install ray)") from None
+    from .store import atomic_write_json
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=threads or 1)(_ray_trial)
+        plugins = os.environ.get(PLUGINS_ENV, "")
+        queue, pending = list(todo), {}
+        while queue or pending:
+            while queue and len(pending) < max(1, jobs):
+                trial = queue.pop(0)
+                if wanted(trial):
+                    ref = remote.remote(trial.to_dict(), data, device, threads or 1, plugins, jobs, sweep_info)
+                    pending[ref] = trial
+            if not pending:
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                record = ray.get(ref)
+                atomic_write_json(Path(root) / "trials" / f"{record['trial_id']}.json", record)
+                finished(record)
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def _run_parallel(todo, jobs, threads, root, data, device, finished, wanted, sweep_info) -> None:

@@ -174,7 +174,7 @@ def register_workload(workload: Workload) -> Workload:
     if not isinstance(workload, Workload):
         raise TypeError(f"register_workload needs a polyak.bench.workloads.Workload, got {type(workload).__name__}")
     check_name("workload", workload.name)
-    source = registration_source(sys._getframe(1).f_globals.get("__name__"))
+    source = registration_source(sys._getframe(1).f_globals)
     existing = _WORKLOADS.get(workload.name)
     if existing is workload:
         return workload
