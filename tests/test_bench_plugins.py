@@ -268,4 +268,5 @@ def test_user_modules_are_fingerprinted_like_plugins_and_builtins_are_not():
     path = Path(tiny.__file__).resolve()
     assert fingerprint("workload", tiny.WORKLOAD) == {"source": str(path),
                                                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    get_workload("mnist-resnet8")  # the built-ins register on first look-up
     assert fingerprint("workload", "mnist-resnet8") == {"source": "polyak.bench.workloads.mnist", "sha256": None}
