@@ -89,6 +89,11 @@ def test_step_shares_sum_the_counts_of_every_step():
     assert step_shares(records) == (pytest.approx(12 / 40), pytest.approx(6 / 40), 40)
     assert step_shares([_run(0.1, 0, [(0.5, 1.0, 0.5)])]) is None
     assert "| w | a | lr=0.1 | 30.0% | 15.0% | 40 |" in render_markdown(collect(records))
+    # rows in numeric order of the step size (1e-05 before 0.0001, not text order)
+    counts = {"steps": 1, "clipped_at_max_lr": 0, "zero": 0}
+    mixed = [_run(lr, 0, [(0.5, 1.0, 0.5)], counts=counts) for lr in (0.0001, 1e-05, 0.1)]
+    report = render_markdown(collect(mixed))
+    assert report.index("lr=1e-05 |") < report.index("lr=0.0001 |") < report.index("lr=0.1 |")
 
 
 def test_set_and_grid_values_and_their_errors():

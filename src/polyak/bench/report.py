@@ -609,22 +609,25 @@ def _settings_table(data: ReportData) -> str:
 def _step_share_table(data: ReportData) -> str:
     """Polyak-type steps: share clipped at max_lr and share exactly 0, per workload,
     optimizer and step size (all seeds and regularisation values of that step size)."""
-    groups: Dict[Tuple[Tuple[str, str], str, str], List[Dict[str, Any]]] = defaultdict(list)
+    groups: Dict[Tuple[Tuple[str, str], str, str, Any], List[Dict[str, Any]]] = defaultdict(list)
     for record in data.records:
         config = record["config"]
-        param = (record.get("optimizer") or {}).get("step_size_param")
-        step = (config.get("hyperparameters") or {}).get(param, "default") if param else "-"
-        label = f"{param}={step}" if param else "-"
-        groups[((config["workload"], config["size"]), config["optimizer"], label)].append(record)
+        param = (record.get("optimizer") or {}).get("step_size_param") or "-"
+        step = (config.get("hyperparameters") or {}).get(param, "default")
+        groups[((config["workload"], config["size"]), config["optimizer"], param, step)].append(record)
     lines = ["| workload | optimizer | step size | steps clipped at max_lr | steps exactly 0 | steps counted |",
              "|---|---|---|---|---|---|"]
-    for (column, optimizer, step), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    def order(key):  # numeric step sizes in increasing order, "default" (not swept) after them
+        numeric = isinstance(key[3], (int, float))
+        return key[0], key[1], key[2], not numeric, key[3] if numeric else 0
+
+    for (column, optimizer, param, step), records in sorted(groups.items(), key=lambda kv: order(kv[0])):
         shares = step_shares(records)
         if shares is None:
             continue
         clipped, zero, steps = shares
-        lines.append(f"| {data.label(column)} | {optimizer} | {step} | {100 * clipped:.1f}% | {100 * zero:.1f}% | "
-                     f"{steps} |")
+        lines.append(f"| {data.label(column)} | {optimizer} | {param}={step} | {100 * clipped:.1f}% | "
+                     f"{100 * zero:.1f}% | {steps} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
