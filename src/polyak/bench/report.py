@@ -76,6 +76,7 @@ class ReportData:
     max_jobs: int = 1  # most trials that ran at the same time (timing noise)
     rule: str = DEFAULT_RULE  # the selection rule of every table (polyak.bench.protocol.RULES)
     records: List[Dict[str, Any]] = field(default_factory=list)  # the finished records
+    grid_sizes: Dict[Tuple[Tuple[str, str], str], int] = field(default_factory=dict)  # step sizes tried
 
     def label(self, column: Tuple[str, str]) -> str:
         sizes = {size for _, size in self.columns}
@@ -168,8 +169,14 @@ def collect(records: Sequence[Dict[str, Any]], rule: Optional[str] = None) -> Re
     optimizers = sorted({opt for _, opt in cells}, key=lambda o: (o != baseline, o))
     mean_passes = {opt: (statistics.fmean(f for f, _ in ps), statistics.fmean(b for _, b in ps)) for opt, ps in passes.items()}
     max_jobs = max([int((r.get("sweep") or {}).get("jobs") or 1) for r in records] + [1])
+    tried: Dict[Tuple[Tuple[str, str], str], set] = defaultdict(set)
+    for record in records:
+        config = record["config"]
+        param = (record.get("optimizer") or {}).get("step_size_param")
+        tried[((config["workload"], config["size"]), config["optimizer"])].add(
+            (config.get("hyperparameters") or {}).get(param) if param else None)
     return ReportData(columns, metrics, optimizers, cells, time_ratio, baseline_time, mean_passes, len(records),
-                      failures, max_jobs, rule, records)
+                      failures, max_jobs, rule, records, {key: len(values) for key, values in tried.items()})
 
 
 # ----------------------------------------------------------------- analysis
@@ -410,7 +417,7 @@ def time_to_target_ratios(data: ReportData) -> Dict[str, List[float]]:
 
 # --------------------------------------------------------------------- text
 def _format_value(value: float, metric: Metric) -> str:
-    return f"{value:.2f}" if metric.scale == 100.0 else f"{value:.3g}"
+    return f"{value:.2f}" if metric.scale == 100.0 else f"{value:.4g}"
 
 
 def _unit(metric: Metric) -> str:
@@ -673,13 +680,7 @@ def budget_line(data: ReportData) -> str:
         parts.append(f"{column[0]} {epochs}" + (f" of the full budget's {paper}" if paper and paper != epochs else "")
                      + " epochs")
     seeds = sorted({c.seeds for c in data.cells.values()})
-    points = defaultdict(set)
-    for cell in data.cells.values():
-        for record in cell.records:
-            param = (record.get("optimizer") or {}).get("step_size_param")
-            value = (record["config"].get("hyperparameters") or {}).get(param) if param else None
-            points[(record["config"]["workload"], record["config"]["optimizer"])].add(value)
-    counts = {len(v) for v in points.values()} or {1}
+    counts = set(data.grid_sizes.values()) or {1}
     tuned = "each optimizer at one step size (its default; no tuning)" if counts == {1} else \
         f"{min(counts)}-{max(counts)} step sizes per optimizer, selected on validation"
     text = (f"Budget (size {'/'.join(sizes)}): " + (", ".join(parts[:6]) + (", ..." if len(parts) > 6 else ""))
