@@ -47,7 +47,7 @@ def test_unknown_names_fail_with_the_list_of_known_ones(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["bench", "run", "--workload", "x", "--jobs", "0"], "must be an integer >= 1"),
     (["bench", "run", "--workload", "x", "--step-sizes", "a,b"], "comma-separated numbers"),
-    (["bench", "run", "--workload", "x", "--step-sizes", "-1"], "positive numbers"),
+    (["bench", "run", "--workload", "x", "--step-sizes", "-1"], "positive finite numbers"),
     (["bench", "run"], "one of the arguments --suite --workload is required"),
 ])
 def test_bad_arguments_are_rejected_with_a_message(argv, message, capsys):

@@ -8,7 +8,7 @@ import polyak
 from polyak import OptimizerSpec
 from polyak.bench.optimizers import (PEERS, PeerMissing, StepScheduleSGD, _LazyClass, all_optimizer_info,
                                      get_bench_spec, optimizer_info, regularisation_param)
-from polyak.bench.runner import _Stepper
+from polyak.bench.feeding import Stepper as _Stepper
 
 PEER_NAMES = [info.name for info in PEERS]
 

@@ -21,7 +21,8 @@ def _record(workload, optimizer, lr, seed, val, test, *, metric="accuracy", trai
         "summary": {"metric": metric, "val_score": None if diverged else val, "best_epoch": 1,
                     "test_at_best": None if test is None else {"accuracy": test, "loss": 1 - test}, "final_train_loss": None if diverged else train_loss},
         "time_per_step_s": time, "passes_per_step": {"forward": passes[0], "backward": passes[1]},
-        "epochs": [{"epoch": 1, "train_loss": train_loss, "val": {metric: val}, "test": {}}],
+        "epochs": [{"epoch": 1, "train_loss": train_loss, "val": {metric: val},
+                    "test": {} if test is None else {"accuracy": test, "loss": 1 - test}}],
         "step_size_trace": {"steps": [1, 2], "values": [lr, lr / 2]}, "finished_at": "t",
     }
 
@@ -88,7 +89,8 @@ def test_report_renders_markdown_and_pngs_from_a_real_small_store(tmp_path, caps
     text = path.read_text()
     assert text.startswith("# polyak benchmark report") and "| sgd |" in text and "| fake-gradient |" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["curves_tiny-test_quick.png", "performance_profile.png", "step_sizes_tiny-test_quick.png"]
+    assert pngs == ["curves_tiny-test_quick.png", "performance_profile.png", "step_sizes_tiny-test_quick.png",
+                    "time_to_target_profile.png"]
     for name in pngs:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     with Store(tmp_path) as store:

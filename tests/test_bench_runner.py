@@ -82,7 +82,8 @@ def test_record_has_every_field_and_is_strict_json():
         assert set(entry["val"]) == {"loss", "accuracy"} and set(entry["test"]) == {"loss", "accuracy"}
         assert entry["train_loss"] > 0
     summary = record["summary"]
-    best = max(record["epochs"][1:], key=lambda e: e["val"]["accuracy"])
+    # the documented rule: best validation accuracy, then lower validation loss, then the later epoch
+    best = max(record["epochs"][1:], key=lambda e: (e["val"]["accuracy"], -e["val"]["loss"], e["epoch"]))
     assert summary["best_epoch"] == best["epoch"] and summary["test_at_best"] == best["test"]
     assert summary["final_train_loss"] == record["epochs"][-1]["train_loss"]
 
@@ -97,7 +98,7 @@ def test_non_finite_loss_stops_the_trial_and_is_recorded():
     tiny.EVENTS.clear()
     record = run_trial(TrialConfig(tiny.WORKLOAD, "quick", "fake-diverge", {"lr": 0.1}), device="cpu")
     assert record["status"] == "diverged" and record["diverged"] is True
-    assert record["diverged_at"] == {"epoch": 1, "step": 3}
+    assert record["diverged_at"] == {"epoch": 1, "step": 3, "reason": "non-finite training loss"}
     assert record["steps"] == 3 and record["summary"]["val_score"] is None
     json.dumps(record, allow_nan=False)
 

@@ -2,11 +2,12 @@
 import json
 import os
 import sqlite3
+import time
 
 import pytest
 
 from polyak.bench.runner import RECORD_SCHEMA_VERSION
-from polyak.bench.store import Store, atomic_write_json
+from polyak.bench.store import TEMP_STALE_S, Store, atomic_write_json
 
 
 def _record(trial_id="w.o.s0.abc", status="ok", seed=0, val=0.5):
@@ -55,11 +56,16 @@ def test_index_is_rebuilt_from_json_and_temp_files_are_cleaned(tmp_path):
         store.write_record(_record("a"))
     # a writer killed after its JSON and before the index, and one killed mid-write
     atomic_write_json(tmp_path / "trials" / "b.json", _record("b", seed=1))
-    (tmp_path / "trials" / ".c.json.123.tmp").write_text("{partial")
+    killed = tmp_path / "trials" / ".c.json.123.tmp"
+    killed.write_text("{partial")
+    in_flight = tmp_path / "trials" / ".d.json.456.tmp"  # a running sweep's record, about to be renamed
+    in_flight.write_text("{being written")
+    old = time.time() - TEMP_STALE_S - 60
+    os.utime(killed, (old, old))
     with Store(tmp_path) as store:
         assert store.sync() == 1
         assert store.completed_ids() == {"a", "b"}
-    assert not list((tmp_path / "trials").glob(".*"))
+    assert list((tmp_path / "trials").glob(".*")) == [in_flight]  # only the stale one went
     (tmp_path / "results.sqlite").unlink()
     with Store(tmp_path) as store:
         assert store.completed_ids() == {"a", "b"}

@@ -87,6 +87,51 @@ def test_parallel_jobs_give_the_same_records_as_one_job(tmp_path):
         assert a["epochs"][-1]["val"] == b["epochs"][-1]["val"]
 
 
+def test_a_worker_whose_sweep_died_while_it_started_exits(tmp_path):
+    # The sweep (pid `parent`) is killed while its worker still imports torch: when the
+    # worker's initializer runs, its parent is already init (or a subreaper). It must leave.
+    script = ("import os, time; from polyak.bench.sweep import _worker_init; "
+              "_worker_init(1, '', parent=os.getppid() + 10**7); time.sleep(60)")
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr == "", done.stderr[-2000:]  # its own exit, not a crash
+    assert time.time() - started < 30  # it left at once, not after the 60 s sleep
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # spawns workers that import torch
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc to find the workers")
+def test_workers_exit_when_the_sweep_is_killed_while_they_start(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(_sweep_command(tmp_path / "runs", 2), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    workers = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(workers) < 2:  # the two pool workers (plus the resource tracker)
+        workers = [c for c in _children(process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # while the workers still import torch
+    process.wait()
+    assert workers, "no worker started"
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "orphaned workers kept running"
+
+
 def _sweep_command(results, jobs):
     return [sys.executable, "-m", "polyak.bench", "run", "--workload", tiny.WORKLOAD, "--optimizer", "fake-gradient",
             "--step-sizes", "0.01,0.1,1", "--seeds", "2", "--epochs", "40",

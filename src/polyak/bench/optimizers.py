@@ -225,13 +225,31 @@ _PLUGINS: Dict[str, OptimizerInfo] = {}
 
 def register_bench_optimizer(spec: OptimizerSpec, *, source: str = "plugin", module: Optional[str] = None) -> OptimizerSpec:
     """Add an optimizer to the harness only (not to ``polyak.available()``):
-    plugins loaded with ``--plugin``/``POLYAK_BENCH_PLUGINS`` and tests use it."""
+    plugins loaded with ``--plugin``/``POLYAK_BENCH_PLUGINS`` and tests use it.
+
+    The name must be lower case (polyak.bench.plugins.check_name); a name of a
+    built-in (polyak's registry, a peer) or of another source's optimizer fails
+    with both sources named. Registering an equal record again is a no-op."""
+    import sys
+
+    from .plugins import check_name, registration_source, remember_source, source_of
+
     if not isinstance(spec, OptimizerSpec):
         raise TypeError(f"register_bench_optimizer needs a polyak.OptimizerSpec, got {type(spec).__name__}")
+    check_name("optimizer", spec.name)
+    where = registration_source(sys._getframe(1).f_globals)
+    builtin = {s.name: "polyak's registry (polyak.specs())" for s in polyak.specs()}
+    builtin.update({info.name: f"the peers of polyak.bench.optimizers ({info.source})" for info in PEERS})
+    if spec.name in builtin:
+        raise ValueError(f"optimizer {spec.name!r} from {where} collides with the built-in {spec.name!r} of "
+                         f"{builtin[spec.name]}; give yours another name (e.g. {spec.name + '-mine'!r})")
     existing = _PLUGINS.get(spec.name)
     if existing is not None and existing.spec != spec:
-        raise ValueError(f"bench optimizer {spec.name!r} is registered twice with different records")
+        raise ValueError(f"optimizer {spec.name!r} from {where} collides with the optimizer of that name "
+                         f"registered by {source_of('optimizer', spec.name)}; give yours another name")
     _PLUGINS[spec.name] = OptimizerInfo(spec, source, module)
+    if existing is None:
+        remember_source("optimizer", spec.name, where)
     return spec
 
 

@@ -24,11 +24,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
-from .runner import RECORD_SCHEMA_VERSION, json_safe
+from .records import RECORD_SCHEMA_VERSION, json_safe
 
-__all__ = ["SCHEMA_VERSION", "DONE_STATUSES", "Store", "atomic_write_json"]
+__all__ = ["SCHEMA_VERSION", "DONE_STATUSES", "Store", "atomic_write_json", "record_problem", "ResultsNotWritable",
+           "check_writable"]
 
 SCHEMA_VERSION = 1
+
+#: a temporary record file older than this (seconds) was left by a killed writer
+TEMP_STALE_S = 600.0
 
 #: Trials in these states are not run again on resume; "error" trials are
 #: (a missing data set fetched later, a bug fixed).
@@ -79,36 +83,102 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+def record_problem(record: Any, stem: Optional[str] = None) -> Optional[str]:
+    """Why ``record`` is not a trial record this polyak can index (None: it is)."""
+    if not isinstance(record, dict):
+        return f"not a trial record (a JSON {type(record).__name__}, not an object)"
+    if record.get("schema_version") != RECORD_SCHEMA_VERSION:
+        return f"record schema {record.get('schema_version')}, this polyak reads {RECORD_SCHEMA_VERSION}"
+    config = record.get("config")
+    missing = [k for k in ("trial_id", "status") if not isinstance(record.get(k), str)]
+    if not isinstance(config, dict):
+        missing.append("config")
+    else:
+        missing += [f"config.{k}" for k in ("workload", "size", "optimizer") if not isinstance(config.get(k), str)]
+        if not isinstance(config.get("seed"), int):
+            missing.append("config.seed")
+    if missing:
+        return f"not a trial record (missing or malformed: {', '.join(missing)})"
+    if stem is not None and record["trial_id"] != stem:
+        return f"its trial_id {record['trial_id']!r} does not match its file name"
+    return None
+
+
+class ResultsNotWritable(PermissionError):
+    """The results directory cannot be written; the message says what to do instead."""
+
+
+def check_writable(directory: Union[str, Path], purpose: str) -> None:
+    """Raise ResultsNotWritable unless a file can be created in ``directory`` (created if
+    absent). Tried, not inferred from permission bits: root ignores those, a read-only
+    mount does not."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".polyak-write-probe.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ResultsNotWritable(
+            f"results directory {directory} is not writable ({error.strerror or error}); {purpose}. "
+            f"Make it writable, or copy it (cp -r {directory} COPY) and use the copy"
+        ) from error
+
+
 class Store:
     """A results directory. Only one process should write the index at a time
-    (the sweep's parent); workers write their JSON records themselves."""
+    (the sweep's parent); workers write their JSON records themselves.
 
-    def __init__(self, root: Union[str, Path] = "runs"):
+    ``readonly``: read the JSON records into an index in memory and write nothing
+    (a results directory on a read-only disk, or one a running sweep owns)."""
+
+    def __init__(self, root: Union[str, Path] = "runs", *, readonly: bool = False):
         self.root = Path(root)
         self.trials_dir = self.root / "trials"
+        self.readonly = readonly
         self.db_path = self.root / "results.sqlite"
-        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        if readonly:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"results directory {self.root} does not exist")
+            self._connection = self._connect()
+            with self._connection:
+                self._connection.executescript(_SCHEMA)
+            self.sync()
+            return
+        check_writable(self.trials_dir, "a sweep writes its records and their index there")
         self._connection = self._open()
 
     # ------------------------------------------------------------ database
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.db_path, timeout=60)
+        connection = sqlite3.connect(":memory:" if self.readonly else self.db_path, timeout=60)
         connection.row_factory = sqlite3.Row
         return connection
 
+    def _set_aside(self, connection: sqlite3.Connection, tag: str, why: str) -> sqlite3.Connection:
+        """Move the index out of the way (it is rebuilt from the JSON records) and open a new one."""
+        connection.close()
+        aside = self.db_path.with_name(f"results.{tag}.{int(time.time())}.sqlite")
+        os.replace(self.db_path, aside)
+        warnings.warn(f"{self.db_path} {why}: moved it to {aside.name} and rebuilt the index from the JSON records "
+                      f"in {self.trials_dir} (delete {aside.name} once you no longer need it)")
+        return self._connect()
+
     def _open(self) -> sqlite3.Connection:
         connection = self._connect()
-        version = self._schema_version(connection)
-        if version is not None and version != SCHEMA_VERSION:
-            connection.close()
-            aside = self.db_path.with_name(f"results.schema{version}.{int(time.time())}.sqlite")
-            os.replace(self.db_path, aside)
-            warnings.warn(f"{self.db_path} has schema {version}, this polyak writes {SCHEMA_VERSION}: "
-                          f"moved it to {aside.name} and rebuilt the index from the JSON records")
-            connection = self._connect()
-        with connection:
-            connection.executescript(_SCHEMA)
-            connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            version = self._schema_version(connection)
+            if version is not None and version != SCHEMA_VERSION:
+                connection = self._set_aside(connection, f"schema{version}",
+                                             f"has schema {version}, this polyak writes {SCHEMA_VERSION}")
+            with connection:
+                connection.executescript(_SCHEMA)
+                connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as error:  # not an SQLite file, or a damaged one
+            version = None
+            connection = self._set_aside(connection, "damaged", f"is not a readable index ({error})")
+            with connection:
+                connection.executescript(_SCHEMA)
+                connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if version != SCHEMA_VERSION:
             self._connection = connection
             self.sync()
@@ -159,10 +229,17 @@ class Store:
 
     def sync(self) -> int:
         """Index every JSON record the database misses or holds another copy of;
-        delete temporary files left by a killed writer. Returns how many were indexed."""
-        for leftover in self.trials_dir.glob(".*.tmp"):
+        delete temporary files left by a killed writer. Returns how many were indexed.
+
+        A temporary file counts as left behind only when it is older than
+        ``TEMP_STALE_S``: writing one takes milliseconds, and a younger one may belong to
+        a sweep running right now (here or on another machine sharing the directory),
+        which would lose that record if it vanished before its rename."""
+        now = time.time()
+        for leftover in [] if self.readonly else self.trials_dir.glob(".*.tmp"):
             try:
-                leftover.unlink()
+                if now - leftover.stat().st_mtime > TEMP_STALE_S:
+                    leftover.unlink()
             except FileNotFoundError:
                 pass
         known = {row["trial_id"]: row["record"] for row in self._connection.execute("SELECT trial_id, record FROM trials")}
@@ -172,12 +249,14 @@ class Store:
             on_disk.add(path.stem)
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as error:
-                warnings.warn(f"skipping unreadable record {path}: {error}")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                warnings.warn(f"skipping unreadable record {path}: {error}. Move it out of {self.trials_dir} "
+                              "(or delete it: the sweep reruns that trial)")
                 continue
-            if record.get("schema_version") != RECORD_SCHEMA_VERSION:
-                warnings.warn(f"skipping {path}: record schema {record.get('schema_version')}, "
-                              f"this polyak reads {RECORD_SCHEMA_VERSION}")
+            problem = record_problem(record, path.stem)
+            if problem:
+                warnings.warn(f"skipping {path}: {problem}. Move it out of {self.trials_dir} "
+                              "(only trial records belong there; delete it to rerun that trial)")
                 continue
             trial_id = record.get("trial_id")
             if trial_id in known and known[trial_id] == json.dumps(record, sort_keys=True, allow_nan=False):

@@ -21,6 +21,11 @@ class DatasetMissing(FileNotFoundError):
     """Data a loader needs is absent; the message says how to get it."""
 
 
+class DatasetCorrupted(DatasetMissing):
+    """Fetched data no longer matches its fetch record (a changed byte, a truncated file);
+    the message names the file and the command that fetches it again."""
+
+
 class FetchError(RuntimeError):
     """Fetching from a package registry failed (missing tool, network, checksum)."""
 

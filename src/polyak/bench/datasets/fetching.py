@@ -33,9 +33,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .cache import DatasetMissing, FetchError, PathLike, cache_dir
+from .cache import DatasetCorrupted, DatasetMissing, FetchError, PathLike, cache_dir
 
 RECORD_NAME = ".polyak-fetch.json"
 
@@ -139,7 +139,7 @@ FETCHABLE: Dict[str, FetchSpec] = {
         ),
         FetchSpec(
             name="mlbench",
-            description="Statlog Shuttle 58000x9 (Shuttle.rda) and other UCI sets",
+            description="Statlog Shuttle 58000x9 and 10 other UCI classification sets (polyak.bench.datasets.MLBENCH_SETS)",
             registry="debian",
             package="r-cran-mlbench",
             version="2.1-3-1",
@@ -153,8 +153,13 @@ FETCHABLE: Dict[str, FetchSpec] = {
                 "DNA.rda",
                 "Sonar.rda",
                 "Ionosphere.rda",
+                "Vehicle.rda",
+                "Vowel.rda",
+                "Glass.rda",
+                "PimaIndiansDiabetes.rda",
+                "BreastCancer.rda",
             ),
-            loader="load_shuttle",
+            loader="load_shuttle / load_mlbench",
         ),
     )
 }
@@ -181,33 +186,78 @@ def _read_record(folder: Path) -> Optional[dict]:
         return None
 
 
-def is_available(name: str, cache: Optional[PathLike] = None) -> bool:
-    """True when ``<cache>/<name>`` holds a completed fetch of the pinned package.
+# sha256 of files already verified in this process, keyed by (path, size, mtime_ns, inode):
+# a sweep worker loads MNIST once per trial and hashes it once (a file rewritten in place
+# changes its mtime and is hashed again).
+_VERIFIED: Dict[Tuple[str, int, int, int], str] = {}
 
-    Cheap: checks the fetch record's pin and every file's size, not the hashes.
-    """
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
+
+
+def cache_problems(name: str, cache: Optional[PathLike] = None, verify: bool = True,
+                   files: Optional[Sequence[str]] = None) -> List[str]:
+    """What is wrong with ``<cache>/<name>``: [] when it holds a complete fetch of the
+    pinned package. ``verify``: also compare every file's sha256 with the one the fetch
+    recorded (catches a flipped byte; costs ~0.1 s for MNIST's 55 MB, once per process),
+    else only the sizes. ``files``: check only these of the set's files (what one loader
+    reads), so a cache fetched when the set kept fewer files still serves the old ones."""
     spec = get_spec(name)
     folder = cache_dir(cache) / name
     record = _read_record(folder)
-    if record is None or record.get("sha256") != spec.sha256:
-        return False
-    files = record.get("files", {})
-    for file_name in spec.files:
+    if record is None:
+        return [f"{folder} holds no fetch record ({RECORD_NAME})"]
+    if record.get("sha256") != spec.sha256:
+        return [f"{folder} was fetched from another package than the pinned {spec.package_ref}"]
+    files, only = record.get("files", {}), files
+    problems = []
+    for file_name in spec.files if only is None else only:
         path = folder / file_name
-        if file_name not in files or not path.is_file() or path.stat().st_size != files[file_name]["size"]:
-            return False
-    return True
+        if file_name not in files and not path.exists():
+            problems.append(f"{file_name} is missing (the cache was fetched when this set kept fewer files)")
+        elif file_name not in files or not path.is_file():
+            problems.append(f"{file_name} is missing")
+        elif path.stat().st_size != files[file_name]["size"]:
+            problems.append(f"{file_name} has {path.stat().st_size} bytes, the fetch recorded {files[file_name]['size']}")
+        elif verify and _file_sha256(path) != files[file_name].get("sha256"):
+            problems.append(f"{file_name} has sha256 {_file_sha256(path)[:16]}..., the fetch recorded "
+                            f"{str(files[file_name].get('sha256'))[:16]}...")
+    return problems
 
 
-def require(name: str, data_dir: Optional[PathLike] = None) -> Path:
-    """``<cache>/<name>`` of a fetched set, or DatasetMissing naming the fetch command."""
-    if is_available(name, data_dir):
-        return cache_dir(data_dir) / name
-    spec = get_spec(name)
+def is_available(name: str, cache: Optional[PathLike] = None, verify: bool = True) -> bool:
+    """True when ``<cache>/<name>`` holds a completed fetch of the pinned package whose
+    files still have the recorded sha256 (``verify=False``: sizes only)."""
+    return not cache_problems(name, cache, verify)
+
+
+def repair_command(name: str, data_dir: Optional[PathLike] = None) -> str:
     flag = f" --data-dir {data_dir}" if data_dir is not None else ""
+    return f"polyak data fetch {name}{flag}"
+
+
+def require(name: str, data_dir: Optional[PathLike] = None, files: Optional[Sequence[str]] = None) -> Path:
+    """``<cache>/<name>`` of a fetched, verified set (sha256 of every file against the
+    fetch record; ``files``: only these), else DatasetMissing naming the fetch command,
+    or DatasetCorrupted naming the bad file and the command that repairs it."""
+    folder = cache_dir(data_dir) / name
+    spec = get_spec(name)
+    problems = cache_problems(name, data_dir, files=files)
+    if not problems:
+        return folder
+    if _read_record(folder) is not None:
+        raise DatasetCorrupted(
+            f"data set {name!r} in {folder} is damaged: {'; '.join(problems)}. "
+            f"Repair it with: {repair_command(name, data_dir)}   (fetches the pinned package again and replaces the folder)"
+        )
     raise DatasetMissing(
-        f"data set {name!r} ({spec.description}) is not in {cache_dir(data_dir) / name}. "
-        f"Fetch it with: polyak data fetch {name}{flag}   "
+        f"data set {name!r} ({spec.description}) is not in {folder}. "
+        f"Fetch it with: {repair_command(name, data_dir)}   "
         f"(or pass root=DIR holding {', '.join(spec.files)})"
     )
 

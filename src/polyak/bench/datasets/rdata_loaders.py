@@ -137,7 +137,7 @@ def load_shuttle(root: Optional[PathLike] = None, *, data_dir: Optional[PathLike
     root: a folder with Shuttle.rda; None: ``<data_dir or cache>/mlbench`` (``polyak data fetch mlbench``).
     The class column is ``Class`` with seven levels; the binary task is Rad.Flow versus the rest.
     """
-    folder = Path(root) if root is not None else require("mlbench", data_dir)
+    folder = Path(root) if root is not None else require("mlbench", data_dir, files=("Shuttle.rda",))
     return _binary_frame(folder / "Shuttle.rda", "Shuttle", "Class", "Rad.Flow", 9)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +63,16 @@ class ArrayDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x.unsqueeze(0)).squeeze(0)
         return x, self.targets[index]
+
+    def __getitems__(self, indices) -> List[Tuple[Tensor, Tensor]]:
+        """A batch of samples, as DataLoader asks for them: without augmentation the
+        transform runs once on the whole batch (the same values as per sample, without
+        a Python call per image); with augmentation per sample, in index order, so the
+        draws match ``__getitem__``'s."""
+        if self.augment is not None:
+            return [self[i] for i in indices]
+        x, y = self.get_batch(torch.as_tensor(indices, dtype=torch.long))
+        return list(zip(x.unbind(0), y.unbind(0)))
 
     def get_batch(self, indices) -> Tuple[Tensor, Tensor]:
         x = self.inputs[indices]

@@ -30,66 +30,18 @@ Deviations, and why:
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
-
-from . import _common as C
-from .base import Budget, Workload, WorkloadInstance, register_workload
+from .base import Budget, Workload, register_workload
+from .tabular import build_tabular, rbf_features  # noqa: F401  (rbf_features: kernel.rbf_features stays importable)
 
 SIGMA = 2.0
 TEST_FRACTION = 0.2
 
 
-def rbf_features(points: np.ndarray, centres: np.ndarray, sigma: float, chunk: int = 2048) -> np.ndarray:
-    """exp(-||p - c||^2 / (2 sigma^2)) for every point p (rows) and centre c (columns), float32.
-
-    Computed in float64 blocks of ``chunk`` rows so that only the float32 result
-    is ever held in full.
-    """
-    out = np.empty((len(points), len(centres)), dtype=np.float32)
-    centre_norms = (centres**2).sum(1)[None, :]
-    for start in range(0, len(points), chunk):
-        block = points[start : start + chunk]
-        squared = (block**2).sum(1)[:, None] + centre_norms - 2.0 * block @ centres.T
-        out[start : start + chunk] = np.exp(-np.maximum(squared, 0.0) / (2.0 * sigma**2))
-    return out
-
-
-def _build(loader_name: str, size: str, seed: int, data_dir, budgets) -> WorkloadInstance:
+def _build(loader_name: str, budget: Budget, seed: int, data_dir):
     from polyak.bench import datasets
 
-    budget = budgets[size]
     X, y = getattr(datasets, loader_name)(None, data_dir=data_dir)
-    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.int64)
-    order = C.permutation(len(y))
-    X, y = X[order], y[order]
-    n_train_full = len(y) - int(round(TEST_FRACTION * len(y)))
-    train_pos, val_pos = C.holdout_split(n_train_full)
-    train_pos = C.take_subset(train_pos, budget.train_subset)
-    test_pos = np.arange(n_train_full, len(y))
-
-    mean, std = X[train_pos].mean(0), X[train_pos].std(0)
-    std[std == 0] = 1.0  # a constant feature carries no information; keep it finite
-    Z = (X - mean) / std
-    centres = Z[train_pos]
-
-    def make(positions, limit=None):
-        positions = C.take_subset(positions, limit)
-        features = torch.from_numpy(rbf_features(Z[positions], centres, SIGMA))
-        return C.ArrayDataset(features, torch.from_numpy(y[positions]))
-
-    with C.seeded(seed):
-        model = nn.Linear(len(centres), 1, bias=False)
-    return WorkloadInstance(
-        model=model,
-        train=make(train_pos),
-        val=make(val_pos, budget.test_subset),
-        test=make(test_pos, budget.test_subset),
-        per_sample_loss=C.logistic_per_sample,
-        evaluate=C.classifier_evaluate(C.logistic_per_sample, C.sign_correct),
-        budget=budget,
-    )
+    return build_tabular(X, y, budget, seed, num_classes=2, test_fraction=TEST_FRACTION, rbf_sigma=SIGMA)
 
 
 def _register(name: str, loader_name: str, data: str, budgets, summary: str):
@@ -101,7 +53,8 @@ def _register(name: str, loader_name: str, data: str, budgets, summary: str):
             interpolating=True,
             data=data,
             budgets=budgets,
-            build=lambda size, seed, data_dir=None: _build(loader_name, size, seed, data_dir, budgets),
+            build=lambda size, seed, data_dir=None, budget=None: _build(loader_name, budget or budgets[size], seed,
+                                                                        data_dir),
             summary=summary,
             tags=("convex", "kernel", "real-data"),
         )

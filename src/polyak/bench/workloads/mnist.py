@@ -28,7 +28,7 @@ BUDGETS = {
     "lite": Budget(epochs=5, batch_size=128, train_subset=3000, test_subset=2000),
     "paper": Budget(epochs=200, batch_size=128),
 }
-LABEL_NOISE = 0.2
+LABEL_NOISE = 0.2  # of the -noisy workloads; other rates: resnet8_workload(..., label_noise=...)
 
 # Per-pixel statistics of the training images (standard values).
 _NORMALISATION = {
@@ -38,15 +38,17 @@ _NORMALISATION = {
 _LOADERS = {"mnist": "load_mnist", "fashion-mnist": "load_fashion_mnist"}
 
 
-def build_resnet8(data: str, size: str, seed: int, data_dir=None, augment: bool = False, label_noise: float = 0.0):
-    """Build ResNet8 on ``data`` ("mnist" or "fashion-mnist") with optional crops and label-noise fraction."""
+def build_resnet8(data: str, size: str, seed: int, data_dir=None, augment: bool = False, label_noise: float = 0.0,
+                  budget=None):
+    """Build ResNet8 on ``data`` ("mnist" or "fashion-mnist") with optional crops and label-noise fraction
+    (``budget``: the harness's, default ``BUDGETS[size]``)."""
     from polyak.bench import datasets
 
     splits = getattr(datasets, _LOADERS[data])(None, data_dir=data_dir)
     mean, std = _NORMALISATION[data]
     return build_image_workload(
         splits,
-        BUDGETS[size],
+        budget or BUDGETS[size],
         seed,
         lambda in_channels, num_classes: ResNet8(in_channels, num_classes),
         num_classes=10,
@@ -57,26 +59,42 @@ def build_resnet8(data: str, size: str, seed: int, data_dir=None, augment: bool 
     )
 
 
-def _register(name: str, data: str, augment: bool = False, label_noise: float = 0.0, interpolating: bool = True, summary: str = ""):
+def resnet8_workload(name: str, data: str, *, augment: bool = False, label_noise: float = 0.0,
+                     budgets=None, summary: str = "") -> Workload:
+    """A ResNet8 workload on ``data`` ("mnist" or "fashion-mnist") with these parameters, to
+    register under a new name without copying this module, e.g. 40% flipped labels::
+
+        register_workload(resnet8_workload("fmnist-resnet8-noisy40", "fashion-mnist", label_noise=0.4))
+
+    augment: random crops (padding 4); label_noise: fraction of training labels flipped
+    (validation and test stay clean); budgets: per size (default: this module's BUDGETS).
+    The workload interpolates only without augmentation and label noise.
+    """
+    if data not in _LOADERS:
+        raise ValueError(f"data must be one of {sorted(_LOADERS)}, got {data!r}")
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise is a fraction in [0, 1], got {label_noise}")
+    budgets = dict(budgets or BUDGETS)
     tags = ["image", "real-data"] + (["augmentation"] if augment else []) + (["label-noise"] if label_noise else [])
-    register_workload(
-        Workload(
-            name=name,
-            metric="accuracy",
-            lower_bound=0.0,
-            interpolating=interpolating,
-            data=data,
-            budgets=BUDGETS,
-            build=lambda size, seed, data_dir=None: build_resnet8(data, size, seed, data_dir, augment, label_noise),
-            summary=summary,
-            tags=tuple(tags),
-        )
+    return Workload(
+        name=name,
+        metric="accuracy",
+        lower_bound=0.0,
+        interpolating=not augment and not label_noise,
+        data=data,
+        budgets=budgets,
+        build=lambda size, seed, data_dir=None, budget=None: build_resnet8(
+            data, size, seed, data_dir, augment, label_noise, budget or budgets[size]),
+        summary=summary or f"ResNet8 on {data}" + (" with random crops" if augment else "")
+        + (f" with {100 * label_noise:g}% of training labels flipped" if label_noise else ""),
+        tags=tuple(tags),
     )
 
 
 for _prefix, _data, _title in (("mnist", "mnist", "MNIST"), ("fmnist", "fashion-mnist", "Fashion-MNIST")):
-    _register(f"{_prefix}-resnet8", _data, summary=f"ResNet8 on {_title}")
-    _register(f"{_prefix}-resnet8-aug", _data, augment=True, interpolating=False,
-              summary=f"ResNet8 on {_title} with random crops (padding 4)")
-    _register(f"{_prefix}-resnet8-noisy", _data, label_noise=LABEL_NOISE, interpolating=False,
-              summary=f"ResNet8 on {_title} with 20% of training labels flipped (cannot interpolate)")
+    register_workload(resnet8_workload(f"{_prefix}-resnet8", _data, summary=f"ResNet8 on {_title}"))
+    register_workload(resnet8_workload(f"{_prefix}-resnet8-aug", _data, augment=True,
+                                       summary=f"ResNet8 on {_title} with random crops (padding 4)"))
+    register_workload(resnet8_workload(
+        f"{_prefix}-resnet8-noisy", _data, label_noise=LABEL_NOISE,
+        summary=f"ResNet8 on {_title} with 20% of training labels flipped (cannot interpolate)"))
