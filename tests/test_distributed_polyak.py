@@ -13,12 +13,14 @@ DistributedSampler gives). The README usage is unchanged (``opt.step(loss=loss)`
 Two spawns of 2 processes (one DDP suite, one FSDP2 suite), each bounded by a timeout.
 """
 import math
+from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
 from polyak import ALIG, ALIGPlus, DFW, SPS
+from polyak._base import PolyakBase
 
 from dist_helpers import spawn  # tests/dist_helpers.py
 
@@ -141,6 +143,13 @@ def fsdp_suite(rank, world):
         if name == "alig-plus":
             out["tables"] = {k: v.clone() for k, v in opt.tables.items()}
         results[name] = out
+    # the tensor path (what accelerators run: no host read, branch-free skip) on DTensors
+    model = _model()
+    fully_shard(model, mesh=mesh)
+    opt = BUILD["alig"](model.parameters())
+    with mock.patch.object(PolyakBase, "_on_host", lambda self, device: False):
+        _train("alig", model, opt, rank, world)
+    results["alig-tensor-path"] = [p.full_tensor().detach().clone() for p in model.parameters()]
     # ALIG's L2 ball over sharded parameters: one global norm, not a per-shard one
     model = _model()
     fully_shard(model, mesh=mesh)
@@ -221,6 +230,11 @@ def test_fsdp2_equals_single_process_on_the_global_batch(fsdp, name):
         for key, table in reference["tables"].items():
             assert torch.equal(fsdp[0][name]["tables"][key], fsdp[1][name]["tables"][key])
             assert torch.allclose(fsdp[0][name]["tables"][key], table, rtol=0, atol=1e-6), key
+
+
+def test_fsdp2_tensor_path_takes_the_host_path_steps(fsdp):
+    for rank in (0, 1):
+        _assert_close(fsdp[rank]["alig-tensor-path"], fsdp[rank]["alig"]["params"], tol=1e-10)
 
 
 def test_fsdp2_projection_uses_the_global_norm(fsdp):
