@@ -17,6 +17,11 @@ Hyperparameter policy (torch.optim's conventions):
   LearningRateMonitor work. A decaying schedule re-introduces the step-size
   schedule that a Polyak step is meant to remove; warm-up is its common use.
   ``group["step_size"]`` is the effective step of the last step (lr included).
+  Schedulers that write other keys change other hyperparameters: torch's
+  ``OneCycleLR`` overwrites ``group["max_lr"]`` (ALIG's and ALIGPlus's clip) and
+  ``CyclicLR(cycle_momentum=True)`` cycles ``group["momentum"]``; use schedulers that
+  write ``lr`` only (LambdaLR, LinearLR, CosineAnnealingLR, SequentialLR), or
+  ``cycle_momentum=False``.
 
 Losses (one opening for every loss-driven step): ``step(loss=...)`` after backward;
 ``step(closure)`` with a torch-style closure (forward, backward, returns the loss, or
