@@ -66,6 +66,7 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
+from .functional import copy_all_, global_sq_norm
 
 GLOBAL_STATE = "global"
 
@@ -286,7 +287,6 @@ class PolyakBase(torch.optim.Optimizer):
         group["step_size"] = step_size
         group["unclipped_step_size"] = unclipped_step_size
         group["clipped"] = clipped
-
 
     # ----------------------------------------------------- state and copies
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
