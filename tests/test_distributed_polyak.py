@@ -13,12 +13,14 @@ DistributedSampler gives). The README usage is unchanged (``opt.step(loss=loss)`
 Two spawns of 2 processes (one DDP suite, one FSDP2 suite), each bounded by a timeout.
 """
 import math
+from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
 from polyak import ALIG, ALIGPlus, DFW, SPS
+from polyak._base import PolyakBase
 
 from dist_helpers import spawn  # tests/dist_helpers.py
 
@@ -104,6 +106,11 @@ def ddp_suite(rank, world):
     results["alig-global-loss"] = _snapshot("alig", model.module, opt,
                                             _train("alig", model, opt, rank, world, hand_reduced=True))
 
+    # an explicit process_group (a group of both ranks): the same run as the default group
+    model = DDP(_model())
+    opt = BUILD["sps"](model.module.parameters(), process_group=torch.distributed.new_group([0, 1]))
+    results["sps-process-group"] = _snapshot("sps", model.module, opt, _train("sps", model, opt, rank, world))
+
     # a NaN loss on rank 1 only, at step 5: both ranks skip it
     model = DDP(_model())
     opt = BUILD["alig"](model.module.parameters())
@@ -141,6 +148,13 @@ def fsdp_suite(rank, world):
         if name == "alig-plus":
             out["tables"] = {k: v.clone() for k, v in opt.tables.items()}
         results[name] = out
+    # the tensor path (what accelerators run: no host read, branch-free skip) on DTensors
+    model = _model()
+    fully_shard(model, mesh=mesh)
+    opt = BUILD["alig"](model.parameters())
+    with mock.patch.object(PolyakBase, "_on_host", lambda self, device: False):
+        _train("alig", model, opt, rank, world)
+    results["alig-tensor-path"] = [p.full_tensor().detach().clone() for p in model.parameters()]
     # ALIG's L2 ball over sharded parameters: one global norm, not a per-shard one
     model = _model()
     fully_shard(model, mesh=mesh)
@@ -200,6 +214,11 @@ def test_loss_is_global_opt_out_takes_the_same_steps(ddp):
     assert all(torch.equal(a, b) for a, b in zip(ddp[0]["alig-global-loss"]["params"], ddp[1]["alig-global-loss"]["params"]))
 
 
+def test_explicit_process_group_takes_the_same_steps(ddp):
+    for rank in (0, 1):
+        assert all(torch.equal(a, b) for a, b in zip(ddp[rank]["sps-process-group"]["params"], ddp[rank]["sps"]["params"]))
+
+
 def test_nan_on_one_rank_skips_on_both(ddp):
     r0, r1 = ddp[0]["nan-on-one-rank"], ddp[1]["nan-on-one-rank"]
     assert r0["skipped"] == r1["skipped"] == 1
@@ -221,6 +240,11 @@ def test_fsdp2_equals_single_process_on_the_global_batch(fsdp, name):
         for key, table in reference["tables"].items():
             assert torch.equal(fsdp[0][name]["tables"][key], fsdp[1][name]["tables"][key])
             assert torch.allclose(fsdp[0][name]["tables"][key], table, rtol=0, atol=1e-6), key
+
+
+def test_fsdp2_tensor_path_takes_the_host_path_steps(fsdp):
+    for rank in (0, 1):
+        _assert_close(fsdp[rank]["alig-tensor-path"], fsdp[rank]["alig"]["params"], tol=1e-10)
 
 
 def test_fsdp2_projection_uses_the_global_norm(fsdp):

