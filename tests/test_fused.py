@@ -1,0 +1,130 @@
+"""The fused (compiled) updates against the foreach path of polyak.functional.
+
+Several steps with a new step size each time: float64 must agree to 1e-12, float32
+to a few ulps of each tensor's largest entry (the foreach path rounds ``p - s*g``
+once, as a multiply-add; inductor's CPU code rounds the product and the sum). Each
+compiled graph costs seconds on a small CPU, so the cases share one set of shapes.
+"""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from polyak import _fused as X
+from polyak import functional as F
+
+pytestmark = pytest.mark.skipif(
+    X.fused_unsupported_reason(torch.device("cpu")) is not None,
+    reason=f"no compiler for torch.compile: {X.fused_unsupported_reason(torch.device('cpu'))}",
+)
+
+SHAPES = ((3, 4), (5,), (2, 2, 2), (257,))
+STEPS = (0.3, 0.05, 1.7, 0.0, 0.8)   # 0.0: a loss at its lower bound
+
+
+def _tensors(seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+
+
+def _assert_close(fused, foreach, dtype):
+    for a, b in zip(fused, foreach):
+        scale = float(b.abs().max())
+        if dtype == torch.float64:
+            assert float((a - b).abs().max()) <= 1e-12 * max(scale, 1.0)
+        else:
+            ulps = float((a - b).abs().max()) / (torch.finfo(dtype).eps * scale)
+            assert ulps <= 4.0, f"{ulps:.1f} ulps apart"
+
+
+def _trajectories(dtype, foreach_step, fused_step, with_buffers):
+    """Run both updates from the same start with the same gradients and step sizes."""
+    params, buffers = _tensors(0, dtype), _tensors(1, dtype)
+    fused_params, fused_buffers = [p.clone() for p in params], [b.clone() for b in buffers]
+    for k, step in enumerate(STEPS):
+        grads = _tensors(10 + k, dtype)
+        if with_buffers:
+            foreach_step(params, grads, buffers, step)
+            fused_step(fused_params, grads, fused_buffers, step)
+        else:
+            foreach_step(params, grads, step)
+            fused_step(fused_params, grads, step)
+    return (params, buffers), (fused_params, fused_buffers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_momentum_step_matches_foreach(dtype, weight_decay):
+    # ALIG (weight_decay 0) and ALIGPlus: decoupled decay, then the reference momentum.
+    def foreach_step(ps, gs, bs, step):
+        F.decoupled_weight_decay_(ps, step, weight_decay)
+        F.alig_momentum_step_(ps, gs, bs, step, 0.9)
+
+    def fused_step(ps, gs, bs, step):
+        X.fused_alig_momentum_step_(ps, gs, bs, step, 0.9, weight_decay=weight_decay)
+
+    (ps, bs), (fps, fbs) = _trajectories(dtype, foreach_step, fused_step, with_buffers=True)
+    _assert_close(fps, ps, dtype)
+    _assert_close(fbs, bs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_adjusted_momentum_step_matches_foreach(dtype):
+    (ps, bs), (fps, fbs) = _trajectories(
+        dtype,
+        lambda ps, gs, bs, s: F.alig_momentum_step_(ps, gs, bs, s, 0.8, adjusted=True),
+        lambda ps, gs, bs, s: X.fused_alig_momentum_step_(ps, gs, bs, s, 0.8, adjusted=True),
+        with_buffers=True,
+    )
+    _assert_close(fps, ps, dtype)
+    _assert_close(fbs, bs, dtype)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_sgd_step_matches_foreach(weight_decay):
+    # plain ALI-G and SPS (weight_decay 0), ALIGPlus without momentum
+    def foreach_step(ps, gs, step):
+        F.decoupled_weight_decay_(ps, step, weight_decay)
+        F.sgd_step_(ps, gs, step)
+
+    (ps, _), (fps, _) = _trajectories(
+        torch.float64, foreach_step, lambda ps, gs, s: X.fused_sgd_step_(ps, gs, s, weight_decay), with_buffers=False
+    )
+    _assert_close(fps, ps, torch.float64)
+
+
+def test_fused_update_follows_the_reference_formula():
+    # Independent of functional.py: the momentum update written out per tensor.
+    gamma, mu = 0.4, 0.9
+    ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
+    expected_b = [mu * b - gamma * g for g, b in zip(gs, bs)]
+    expected_p = [p - gamma * g + mu * nb for p, g, nb in zip(ps, gs, expected_b)]
+    X.fused_alig_momentum_step_(ps, gs, bs, torch.tensor(gamma, dtype=torch.float64), mu)
+    _assert_close(ps, expected_p, torch.float64)
+    _assert_close(bs, expected_b, torch.float64)
+
+
+def test_a_new_step_size_does_not_recompile():
+    ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
+    X.fused_alig_momentum_step_(ps, gs, bs, 0.1, 0.9)   # compiled (or found) here
+    graphs = counters["stats"]["unique_graphs"]
+    for step in (0.2, 0.7, torch.tensor(1e-3, dtype=torch.float64), 0.0):
+        X.fused_alig_momentum_step_(ps, gs, bs, step, 0.9)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_mixed_dtypes_update_each_bucket():
+    # one compiled call per (device, dtype) bucket; the parameters keep their dtypes
+    ps = [torch.ones(3, dtype=torch.float64), torch.ones(4, dtype=torch.float32)]
+    gs = [torch.full((3,), 2.0, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float32)]
+    X.fused_sgd_step_(ps, gs, 0.25)
+    assert [p.dtype for p in ps] == [torch.float64, torch.float32]
+    assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in ps)
+
+
+def test_reason_names_a_missing_compiler(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    reason = X.fused_unsupported_reason(torch.device("cpu"))
+    assert reason is not None and "compiler" in reason
+    assert X.fused_unsupported_reason(torch.device("meta")) is not None
