@@ -8,7 +8,7 @@ import torch
 import polyak
 from polyak import ALIG, NonFiniteError
 
-from helpers import through_torch_save  # tests/helpers.py
+from helpers import linear_classification_problem, through_torch_save  # tests/helpers.py
 
 
 # every tensor of these tests is float64 unless said otherwise (fixture in tests/conftest.py)
@@ -114,17 +114,7 @@ def reference_alig(params0, batches, loss_fn, max_lrs, momentum, max_norm, delta
 
 
 def make_problem(seed=0, n_batches=40):
-    gen = torch.Generator().manual_seed(seed)
-    W0 = torch.randn(5, 4, generator=gen)
-    b0 = torch.randn(5, generator=gen)
-    X = torch.randn(n_batches, 8, 4, generator=gen)
-    Y = torch.randint(0, 5, (n_batches, 8), generator=gen)
-
-    def loss_fn(params, i):
-        W, b = params
-        return torch.nn.functional.cross_entropy(X[i] @ W.T + b, Y[i])
-
-    return [W0, b0], loss_fn, list(range(n_batches))
+    return linear_classification_problem(seed, n_batches)
 
 
 def run_ours(params0, batches, loss_fn, two_groups, **kwargs):
@@ -302,10 +292,15 @@ def test_non_scalar_loss_raises():
         opt.step(loss=torch.ones(3))
 
 
-def test_both_closure_and_loss_raises():
+def test_closure_and_loss_together_call_the_closure_and_use_the_loss():
+    # A framework (Lightning, accelerate) passes its own closure; loss= is the loss to use.
     w, opt, loss = _one_param_step()
-    with pytest.raises(ValueError, match="either"):
-        opt.step(lambda: loss, loss=loss)
+    calls = []
+    opt.step(lambda: calls.append(1) or torch.tensor(100.0), loss=loss)
+    assert calls == [1]
+    w2, opt2, loss2 = _one_param_step()
+    opt2.step(loss=loss2)
+    assert torch.equal(w.detach(), w2.detach())
 
 
 def test_sparse_gradient_raises():

@@ -12,12 +12,7 @@ from polyak import ALIG, ALIGPlus
 from helpers import through_torch_save  # tests/helpers.py
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ------------------------------------------------------------------------- the problem

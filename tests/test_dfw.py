@@ -8,6 +8,8 @@ import polyak
 from polyak import ALIG
 from polyak.dfw import DFW, multiclass_hinge_loss
 
+from helpers import linear_classification_problem  # tests/helpers.py
+
 
 # float64 everywhere (tests/conftest.py); one intra-op thread comes from there too
 pytestmark = pytest.mark.usefixtures("float64")
@@ -84,17 +86,8 @@ def test_hinge_bad_input_raises(args, kwargs, match):
 
 # ----------------------------------------------------------------------------- DFW = ALI-G
 def make_problem(seed=0, n_batches=30):
-    gen = torch.Generator().manual_seed(seed)
-    W0 = torch.randn(4, 6, generator=gen)
-    b0 = torch.randn(4, generator=gen)
-    X = torch.randn(n_batches, 16, 6, generator=gen)
-    Y = torch.randint(0, 4, (n_batches, 16), generator=gen)
-
-    def loss_fn(params, i):
-        W, b = params
-        return multiclass_hinge_loss(X[i] @ W.T + b, Y[i])
-
-    return [W0, b0], loss_fn, list(range(n_batches))
+    return linear_classification_problem(seed, n_batches, n_classes=4, n_features=6, batch=16,
+                                         loss=multiclass_hinge_loss)
 
 
 def reference_dfw(params0, batches, loss_fn, eta, momentum, eps):

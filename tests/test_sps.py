@@ -9,7 +9,7 @@ import polyak
 from polyak import NonFiniteError
 from polyak.sps import SPS
 
-from helpers import through_torch_save  # tests/helpers.py
+from helpers import linear_classification_problem, through_torch_save  # tests/helpers.py
 
 
 # float64 everywhere (tests/conftest.py); one intra-op thread comes from there too
@@ -94,20 +94,10 @@ def reference_sps(params0, steps, loss_fn, *, c, mode, eta_max, fstar, tau, n_ba
 
 
 def make_problem(seed=0, n_batches=36):
-    gen = torch.Generator().manual_seed(seed)
-    W0 = torch.randn(5, 4, generator=gen)
-    b0 = torch.randn(5, generator=gen)
-    X = torch.randn(n_batches, 8, 4, generator=gen)
     # labels of a linear teacher: the loss can reach 0 (interpolation), where SPS with f* = 0
     # is meant to work; on random labels unclipped SPS runs off to |w| ~ 1e5
-    teacher = torch.randn(5, 4, generator=gen)
-    Y = (X @ teacher.T).argmax(-1)
-
-    def loss_fn(params, i):
-        W, b = params
-        return torch.nn.functional.cross_entropy(X[i] @ W.T + b, Y[i])
-
-    return [W0, b0], loss_fn
+    params0, loss_fn, _ = linear_classification_problem(seed, n_batches, labels="teacher")
+    return params0, loss_fn
 
 
 def run_ours(params0, steps, loss_fn, two_groups, **kwargs):

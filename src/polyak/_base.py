@@ -1,5 +1,41 @@
-"""What every optimizer of the package shares: input checks, the non-finite guard,
-optimizer-wide state and cost counters.
+"""What every optimizer of the package shares: the hyperparameter policy, the step
+opening (loss, closure, hand-over channel, pass counting), the one collective of a
+distributed step, the non-finite guard, optimizer-wide state and cost counters.
+
+Hyperparameter policy (torch.optim's conventions):
+
+- Every hyperparameter that changes the trajectory lives in ``defaults``, hence in
+  every param group and in ``state_dict()``; ``load_state_dict`` restores all of them
+  from the checkpoint, as torch does, and refuses the state of another optimizer,
+  mode (``mode_keys``) or shape with an error that names what differs.
+- ``group_keys`` (per class) are the hyperparameters a param group may override.
+  The others are one value per optimizer (e.g. the loss's lower bound): a group that
+  sets a different value is refused, and so is an unknown key. ``add_param_group``
+  runs the constructor's checks (``_check_group``).
+- Every group has ``"lr"`` (default 1.0): a multiplier on the final step, applied
+  AFTER any clip (as Prodigy and D-Adaptation do), so torch/timm/HF schedulers and
+  LearningRateMonitor work. A decaying schedule re-introduces the step-size
+  schedule that a Polyak step is meant to remove; warm-up is its common use.
+  ``group["step_size"]`` is the effective step of the last step (lr included).
+
+Losses (one opening for every loss-driven step): ``step(loss=...)`` after backward;
+``step(closure)`` with a torch-style closure (forward, backward, returns the loss, or
+``(per_sample_losses, index)`` for ALIGPlus); ``step(closure, loss=...)`` (the
+closure runs for its side effects, ``loss=`` is used); or :meth:`add_loss` once per
+micro-batch, then ``step()`` with no arguments: the step uses the MEAN of the k
+losses handed over, the rule of gradient accumulation (back-propagate loss / k per
+micro-batch, or the mean). Per-sample losses (ALIGPlus) and their indices concatenate.
+
+An empty batch (no loss at all, e.g. ``index=torch.arange(0)``) is a counted skip:
+parameters and state stay bit-identical and ``skipped_steps`` grows by one, as for a
+non-finite loss (under ``nonfinite="raise"`` it raises instead). It is not an error
+because under DDP one rank's batch may be empty while the others' are not; the step
+then uses the others' losses.
+
+Distributed (see :mod:`polyak._distributed`): every loss-derived scalar is the mean
+over the ranks (weighted by their sample counts), sharded gradient norms are summed
+over the shards, in one collective per step; ``process_group=`` chooses the group,
+``loss_is_global=True`` says the loss handed over is already global.
 
 Optimizer-wide state (counters, ALI-G+ tables, line-search state machines) lives
 in ``self.state[GLOBAL_STATE]``: torch's ``state_dict()`` keeps non-parameter keys
@@ -7,12 +43,16 @@ of ``self.state`` as they are, so it round-trips with everything else.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from . import _distributed as D
+from . import functional as F
 from ._closure import ClosureError, ProbeClosure
 from .functional import copy_all_, global_sq_norm
 
@@ -21,6 +61,14 @@ GLOBAL_STATE = "global"
 NONFINITE_POLICIES = ("skip", "raise", "unchecked")
 
 LossLike = Union[Tensor, float, int]
+
+#: what a step reads from the loss: one scalar (ALIG, SPS, DFW, L4), per-sample losses
+#: (ALIGPlus per-sample AOVs), or either (the global ALI-G+ variants)
+LOSS_KINDS = ("scalar", "per_sample", "either")
+
+#: keys that torch or the step itself writes into param groups: never hyperparameters
+_STAT_KEYS = ("step_size", "unclipped_step_size", "clipped", "update_step")   # update_step: PAL's
+_FOREIGN_KEYS = frozenset({"initial_lr", "param_names"})  # LR schedulers, named parameters
 
 
 class NonFiniteError(FloatingPointError):
@@ -37,12 +85,15 @@ def require(owner: str, name: str, value: Any, expected: str) -> None:
         raise TypeError(f"{owner} needs {name}: {expected}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_positive(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False, fix: str = "") -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite positive number."""
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = _is_number(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         none = " or None" if allow_none else ""
@@ -50,11 +101,20 @@ def check_positive(name: str, value: Any, *, allow_none: bool = False, allow_zer
 
 
 def check_in_range(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value <= high if high_inclusive else value < high)
+    ok = _is_number(value) and low <= value and (value <= high if high_inclusive else value < high)
     if not ok:
         right = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must be in [{low}, {high}{right}, got {value!r}")
+
+
+def check_finite(name: str, value: Any, fix: str = "") -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}. {fix}".rstrip())
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> None:
@@ -68,30 +128,219 @@ def check_choice(name: str, value: Any, choices: Tuple[Any, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    return type(a) is type(b) and a == b or (_is_number(a) and _is_number(b) and float(a) == float(b))
+
+
+@dataclass
+class LossBatch:
+    """The loss of one step as handed over: ``values`` is 1-D, either the per-sample
+    losses (``per_sample``) or the k scalar losses of k hand-overs; the step reads
+    their mean. ``index``: the dataset indices of per-sample losses, or None."""
+
+    values: Tensor
+    index: Optional[Tensor]
+    per_sample: bool
+
+    def result(self) -> Tensor:
+        """What step() returns: the per-sample losses, or the (mean) scalar loss."""
+        if self.per_sample:
+            return self.values
+        return self.values.reshape(()) if self.values.numel() == 1 else self.values.mean()
+
+
+@dataclass
+class StepScalars:
+    """What a Polyak step reads, made global: floats on the host path (CPU, eager),
+    0-dim tensors otherwise. ``finite``: the loss and every gradient are finite on
+    every rank and at least one sample was seen (a bool or a 0-dim bool tensor)."""
+
+    loss_mean: Any
+    loss_sum: Any
+    grad_sq_norm: Any
+    finite: Any
+    count: Any
+    below_bound: Any
+    on_host: bool
+    rank_counts: Optional[List[int]] = None
+
+
 class PolyakBase(torch.optim.Optimizer):
     """Base of all optimizers here. Subclasses implement ``step``.
 
-    Args shared by all: ``nonfinite`` = "skip" (default: a NaN/inf loss or
-    gradient leaves parameters and state bit-identical and counts the skip),
-    "raise" (raise :class:`NonFiniteError`), or "unchecked" (no check and no
-    device-to-host read at all: the fastest accelerator step, NaNs propagate as
-    in torch.optim.SGD). ``foreach``: multi-tensor kernels (default True) or the
-    readable per-tensor loop.
+    Args shared by all (keyword-only): ``lr`` (1.0): the multiplier on the final
+    step, for LR schedulers (see the module docstring). ``nonfinite`` = "skip"
+    (default: a NaN/inf loss or gradient, or an empty batch, leaves parameters and
+    state bit-identical and counts the skip), "raise" (raise
+    :class:`NonFiniteError`), or "unchecked" (no check, NaNs propagate as in
+    torch.optim.SGD). ``foreach``: multi-tensor kernels (default True) or the
+    readable per-tensor loop. ``process_group`` (None: the default group) and
+    ``loss_is_global`` (False): see :mod:`polyak._distributed`.
     """
 
-    #: forward and backward passes one step consumes (including the ones the
-    #: user runs to provide loss and gradients); line searches override.
-    passes_per_step: Tuple[int, int] = (1, 1)
+    #: hyperparameters a param group may override (besides "params" and "lr")
+    group_keys: FrozenSet[str] = frozenset()
+    #: hyperparameters whose checkpointed value must equal the constructor's (a
+    #: different mode means a different state layout): load_state_dict refuses otherwise
+    mode_keys: FrozenSet[str] = frozenset()
+    #: what step() reads from the loss; see LOSS_KINDS
+    loss_kind: str = "scalar"
 
-    def __init__(self, params, defaults: Dict[str, Any], *, nonfinite: str = "skip", foreach: bool = True):
+    def __init__(
+        self, params, defaults: Dict[str, Any], *, lr: float = 1.0, nonfinite: str = "skip", foreach: bool = True,
+        process_group: Any = None, loss_is_global: bool = False,
+    ):
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
-        if not isinstance(foreach, bool):
-            raise TypeError(f"foreach must be True or False, got {foreach!r}")
-        defaults = dict(defaults, step_size=0.0)
+        check_bool("foreach", foreach)
+        check_bool("loss_is_global", loss_is_global)
+        _check_lr("lr", lr)
+        self._process_group = process_group
+        self._pending: List[LossBatch] = []
+        self._fingerprint_pending = True
+        defaults = dict(defaults, lr=lr, nonfinite=nonfinite, foreach=foreach, loss_is_global=loss_is_global)
         super().__init__(params, defaults)
-        self.nonfinite = nonfinite
-        self.foreach = foreach
-        self.state[GLOBAL_STATE] = {"step": 0, "skipped_steps": 0, "cost": {"forward": 0, "backward": 0}}
+        self.state[GLOBAL_STATE] = {
+            "optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "cost": {"forward": 0, "backward": 0},
+        }
+
+    # ------------------------------------------------------------ the policy
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """torch's add_param_group, plus the constructor's checks: an unknown key, a
+        per-group value of an optimizer-wide hyperparameter and an invalid value are refused."""
+        if isinstance(param_group, dict):
+            self._check_group_keys(param_group)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+        except Exception:
+            self.param_groups.pop()   # leave the optimizer as it was
+            raise
+        group.setdefault("step_size", 0.0)
+        group.setdefault("unclipped_step_size", 0.0)
+        group.setdefault("clipped", False)
+
+    def _check_group_keys(self, group: Dict[str, Any]) -> None:
+        name = type(self).__name__
+        per_group = sorted({"lr"} | set(self.group_keys))
+        for key, value in group.items():
+            if key in ("params", "lr") or key in self.group_keys or key in _FOREIGN_KEYS or key in _STAT_KEYS:
+                continue
+            if key in self.defaults:
+                if not _same(value, self.defaults[key]):
+                    raise ValueError(
+                        f"{name}: {key} cannot be set per group: it is one value for the whole optimizer "
+                        f"(a group sets {value!r}, the optimizer has {self.defaults[key]!r}); pass it to the "
+                        f"constructor. A param group may set: {', '.join(per_group)}"
+                    )
+                continue
+            one_step = f"{name} takes one step for all parameters: " if not self.group_keys else f"{name}: "
+            raise ValueError(
+                f"{one_step}{key} cannot be set per group (unknown param group key {key!r}); "
+                f"a param group may set: {', '.join(per_group)}. Pass hyperparameters to the constructor {name}(...) instead"
+            )
+
+    def _check_group(self, group: Dict[str, Any]) -> None:
+        """Validate one param group (constructor and add_param_group); subclasses extend it."""
+        _check_lr("lr (param group)", group["lr"])
+
+    def _setting(self, key: str) -> Any:
+        """An optimizer-wide hyperparameter (the same in every group)."""
+        return self.param_groups[0][key]
+
+    @property
+    def foreach(self) -> bool:
+        return self._setting("foreach")
+
+    @property
+    def nonfinite(self) -> str:
+        return self._setting("nonfinite")
+
+    @property
+    def process_group(self) -> Any:
+        return self._process_group
+
+    def _record_step(self, group: Dict[str, Any], step_size, unclipped_step_size, clipped) -> None:
+        """The one writer of per-group step statistics: ``step_size`` is the effective step
+        (lr included), ``unclipped_step_size`` the step before any clip (lr included).
+        Floats on the host path, 0-dim tensors otherwise (logging never forces a host read)."""
+        group["step_size"] = step_size
+        group["unclipped_step_size"] = unclipped_step_size
+        group["clipped"] = clipped
+
+    # Kept for the line searches until they call _record_step (helper "linesearch").
+    _set_step_stats = _record_step
+
+    # ----------------------------------------------------- state and copies
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """torch's load_state_dict (hyperparameters come from the checkpoint), after
+        checking that the state is one of this optimizer's class, mode and shape."""
+        name = type(self).__name__
+        saved_global = state_dict.get("state", {}).get(GLOBAL_STATE)
+        if not isinstance(saved_global, dict):
+            raise ValueError(
+                f"{name}.load_state_dict: this is not the state of a polyak optimizer (it has no "
+                f"'{GLOBAL_STATE}' entry); load a state saved by {name}.state_dict()"
+            )
+        saved_name = saved_global.get("optimizer", name)
+        if saved_name != name:
+            raise ValueError(f"{name}.load_state_dict: this state was saved by {saved_name}, not {name}; build a {saved_name} to load it")
+        ignored = {"params"} | set(_STAT_KEYS) | _FOREIGN_KEYS
+        expected = set(self.param_groups[0]) - ignored
+        for i, saved in enumerate(state_dict["param_groups"]):
+            keys = set(saved) - ignored
+            if keys != expected:
+                missing, extra = sorted(expected - keys), sorted(keys - expected)
+                raise ValueError(
+                    f"{name}.load_state_dict: param group {i} of this state does not fit {name}: "
+                    f"missing {missing}, unexpected {extra}; load a state saved by {name} of this version"
+                )
+            for key in sorted(self.mode_keys):
+                if not _same(saved[key], self.defaults[key]):
+                    raise ValueError(
+                        f"{name}.load_state_dict: this state was saved with {key}={saved[key]!r}, but this "
+                        f"optimizer has {key}={self.defaults[key]!r}; build it with {key}={saved[key]!r} to load it"
+                    )
+        self._check_loaded_state(state_dict)
+        super().load_state_dict(state_dict)
+        # torch copies non-parameter state by reference: the checkpoint must not change as we train
+        self.state[GLOBAL_STATE] = copy.deepcopy(self.state[GLOBAL_STATE])
+        for group in self.param_groups:
+            self._check_group(group)
+        first = self.param_groups[0]
+        for key in self.defaults:
+            if key in first and key != "lr" and key not in self.group_keys:
+                self.defaults[key] = first[key]   # groups added later get the restored value
+        self._pending.clear()
+        self._fingerprint_pending = True
+
+    def _check_loaded_state(self, state_dict: Dict[str, Any]) -> None:
+        """Subclasses refuse a state whose shapes cannot fit (e.g. another num_samples)."""
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch keeps only defaults, state and param_groups; attributes that are not
+        # settings (scratch buffers, a projection callable, pending losses) travel too.
+        # A process group is a live handle: pickle does not carry it (deepcopy shares it).
+        state = super().__getstate__()
+        for key, value in self.__dict__.items():
+            if key not in state and not key.startswith("_optimizer_") and key != "_process_group":
+                state[key] = value
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)
+        self.__dict__.setdefault("_pending", [])
+        self.__dict__.setdefault("_fingerprint_pending", True)
+
+    def __deepcopy__(self, memo):
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        clone._process_group = self._process_group   # the same communicator, not a copy
+        return clone
 
     # ------------------------------------------------------------------ state
     @property
@@ -105,7 +354,9 @@ class PolyakBase(torch.optim.Optimizer):
 
     @property
     def skipped_steps(self) -> int:
-        return self.global_state["skipped_steps"]
+        """Steps skipped (non-finite loss or gradient, empty batch). On an accelerator the
+        count is a device tensor; reading this property is the one host read."""
+        return int(self.global_state["skipped_steps"])
 
     def _count_passes(self, forward: int, backward: int) -> None:
         cost = self.global_state["cost"]
@@ -133,60 +384,304 @@ class PolyakBase(torch.optim.Optimizer):
     def _all_params(self) -> List[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    # ------------------------------------------------------------------ loss
-    def _loss_tensor(self, loss: Optional[LossLike], closure: Optional[Callable], *, per_sample: bool = False) -> Tensor:
-        """The loss of this step as a tensor, from ``loss=`` or a torch-style closure.
+    def _momentum_buffers(self, params: List[Tensor]) -> List[Tensor]:
+        """The momentum buffer of each parameter, created (zeros) on first use."""
+        buffers = []
+        for p in params:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers.append(buf)
+        return buffers
 
-        The closure follows torch's convention: it runs forward AND backward and
-        returns the loss. Never reads a tensor loss back to the host.
-        """
+    # ------------------------------------------------------------------ loss
+    def add_loss(self, loss: LossLike, index: Any = None) -> None:
+        """Hand over the loss of one (micro-)batch whose backward has run; a later
+        ``step()`` with no arguments uses the MEAN of the losses handed over since the
+        last step (per-sample losses and their ``index`` concatenate), the rule of
+        gradient accumulation. Frameworks that call ``optimizer.step()`` without
+        arguments use this channel (see polyak.integrations)."""
+        batch = self._parse_loss(loss, index)
+        if self._pending and self._pending[0].per_sample != batch.per_sample:
+            raise ValueError(
+                f"{type(self).__name__}.add_loss: per-sample losses and a scalar loss were handed over for the same "
+                "step; hand over the same kind every time"
+            )
+        self._pending.append(batch)
+        self._count_passes(1, 1)
+
+    def _parse_loss(self, loss: Any, index: Any) -> LossBatch:
+        """Check one loss handed over and make it a 1-D detached floating tensor."""
         name = type(self).__name__
-        if closure is not None and loss is not None:
-            raise ValueError(f"{name}.step: pass either a closure or loss=, not both")
+        if isinstance(loss, bool) or not isinstance(loss, (Tensor, float, int)):
+            raise TypeError(f"{name}: loss must be a tensor or a number, got {type(loss).__name__}")
+        if not isinstance(loss, Tensor):
+            loss = torch.tensor(float(loss), dtype=torch.float64)
+        loss = loss.detach()
+        if not loss.is_floating_point():
+            loss = loss.to(torch.float32)
+        kind = self.loss_kind
+        per_sample = kind == "per_sample" or (kind == "either" and loss.dim() == 1)
+        if kind == "per_sample" and loss.dim() != 1:
+            raise ValueError(
+                f"{name}: loss must be the 1-D per-sample losses of the batch (reduction='none'), "
+                f"got shape {tuple(loss.shape)}"
+            )
+        if not per_sample:
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"{name}: loss must be a scalar (the batch mean), got shape {tuple(loss.shape)}; "
+                    "reduce it with .mean() first"
+                    + (" (per-sample losses need index=)" if kind == "either" and loss.dim() == 1 else "")
+                )
+            loss = loss.reshape(1)
+        index = self._check_index(index, loss, per_sample)
+        return LossBatch(loss, index, per_sample)
+
+    def _check_index(self, index: Any, losses: Tensor, per_sample: bool) -> Optional[Tensor]:
+        """Optimizers that read dataset indices (ALIGPlus) check them here."""
+        if index is not None:
+            raise TypeError(f"{type(self).__name__}.step takes no index=")
+        return None
+
+    def _take_loss(self, closure: Optional[Callable], loss: Any, index: Any) -> LossBatch:
+        """The loss of this step, from ``loss=``, a torch-style closure, or the hand-overs;
+        counts the forward and backward passes the caller ran."""
+        name = type(self).__name__
         if closure is not None:
             if not callable(closure):
                 raise TypeError(f"{name}.step: closure must be callable, got {type(closure).__name__}")
             with torch.enable_grad():
-                loss = closure()
+                returned = closure()
             if loss is None:
-                raise ValueError(f"{name}.step: the closure returned None; it must return the loss it backpropagated")
-        if loss is None:
+                if returned is None:
+                    raise ValueError(f"{name}.step: the closure returned None; it must return the loss it backpropagated")
+                if isinstance(returned, tuple):
+                    if len(returned) != 2 or index is not None:
+                        raise ValueError(
+                            f"{name}.step: a closure may return the loss, or (per_sample_losses, index) with no "
+                            f"index= given; it returned a tuple of {len(returned)}"
+                        )
+                    returned, index = returned
+                loss = returned
+        if loss is not None:
+            if self._pending:
+                raise ValueError(
+                    f"{name}.step: losses were handed over with add_loss() and step() was given a loss too; "
+                    "use one channel per step"
+                )
+            batch = self._parse_loss(loss, index)
+            self._count_passes(1, 1)
+            return batch
+        if not self._pending:
             raise ValueError(
                 f"{name}.step needs the loss of this batch: call opt.step(loss=loss) after loss.backward(), "
-                "or opt.step(closure) with a closure that computes the loss, calls backward and returns the loss"
+                "opt.step(closure) with a closure that computes the loss, calls backward and returns it, "
+                "or opt.add_loss(loss) after each backward and then opt.step()"
             )
-        if isinstance(loss, bool) or not isinstance(loss, (Tensor, float, int)):
-            raise TypeError(f"{name}.step: loss must be a tensor or a number, got {type(loss).__name__}")
-        if not isinstance(loss, Tensor):
-            loss = torch.tensor(float(loss), dtype=torch.float64)
-        if loss.requires_grad:
-            loss = loss.detach()
-        if per_sample:
-            if loss.dim() != 1:
-                raise ValueError(
-                    f"{name}.step: loss must be the 1-D per-sample losses of the batch (reduction='none'), "
-                    f"got shape {tuple(loss.shape)}"
-                )
-        elif loss.numel() != 1:
-            raise ValueError(
-                f"{name}.step: loss must be a scalar (the batch mean), got shape {tuple(loss.shape)}; "
-                "reduce it with .mean() first"
+        if index is not None:
+            raise ValueError(f"{name}.step: index= given without a loss; hand it over with add_loss(loss, index)")
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            return pending[0]
+        values = torch.cat([b.values.to(pending[0].values.device) for b in pending])
+        index = None if pending[0].index is None else torch.cat([b.index.to(pending[0].index.device) for b in pending])
+        return LossBatch(values, index, pending[0].per_sample)
+
+    def _open_step(self, closure, loss, index=None) -> Tuple[LossBatch, List[List[Tensor]], List[Tensor]]:
+        """The opening of every step that is given the loss: ``(loss batch, parameters
+        with a gradient per group, their gradients)``."""
+        batch = self._take_loss(closure, loss, index)
+        groups = self._params_with_grad()
+        return batch, groups, [p.grad for ps in groups for p in ps]
+
+    def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
+        """For L4: ``(mean loss as a 0-dim tensor, params per group, grads)``."""
+        batch, groups, grads = self._open_step(closure, loss)
+        values = batch.values
+        return (values[0] if values.numel() == 1 else values.mean()), groups, grads
+
+    # ------------------------------------------------- the step's one exchange
+    def _on_host(self, device: torch.device) -> bool:
+        """The one float-or-tensor decision: on CPU in eager mode a host read is free and
+        Python floats save the step a dozen tiny kernels (measured: see
+        benchmarks/results/host_float_path.md); accelerators and compiled steps keep
+        every scalar a 0-dim tensor, so the step never waits on the host."""
+        return device.type == "cpu" and not torch.compiler.is_compiling()
+
+    def _step_scalars(
+        self, batch: LossBatch, grads: List[Tensor], *, lower_bound: Optional[float] = None,
+        rank_counts: bool = False,
+    ) -> StepScalars:
+        """The loss mean, the global ||g||^2 and the finite flag of this step. Under
+        torch.distributed they are made global in ONE all-reduce of a packed tensor
+        ``[loss sum, count, sharded ||g||^2 share, non-finite flag, samples below
+        lower_bound, fingerprint, fingerprint^2, (per-rank counts)]``; the fingerprint
+        of the hyperparameters is packed on the first step only (zeros later).
+        ``rank_counts``: also exchange every rank's sample count (ALIGPlus gathers its
+        per-sample losses with them)."""
+        loss_is_global = self._setting("loss_is_global")
+        # A global loss needs no reduction; sharded gradient norms still do.
+        needs_group = not loss_is_global or any(D.is_sharded(g) for g in grads)
+        group = D.active_group(self._process_group, False) if needs_group else None
+        plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
+        values = batch.values
+        count = float(values.numel())
+        device = (plain if plain is not None else sharded).device
+        if group is None:
+            if self._on_host(device):
+                if count == 1:
+                    loss_sum = values.item()
+                else:  # k hand-overs: their mean in float64
+                    loss_sum = values.sum(dtype=torch.float64).item() if count else 0.0
+                gsq = plain.item()
+                finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
+                below = False
+                if finite and lower_bound is not None:
+                    below = loss_sum < lower_bound if count == 1 else bool((values < lower_bound).any())
+                return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True)
+            loss_sum = values.sum()
+            finite = torch.isfinite(loss_sum) & torch.isfinite(plain) & (count > 0)
+            below = (values < lower_bound).any() if lower_bound is not None else torch.zeros((), dtype=torch.bool, device=device)
+            return StepScalars(loss_sum / max(count, 1.0) if count else loss_sum * math.nan, loss_sum, plain, finite, count, below, False)
+
+        world = D.group_size(group)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        zero = torch.zeros((), dtype=dtype, device=device)
+        # loss_is_global: every rank holds the global loss already; rank 0 alone contributes it
+        contributes = not loss_is_global or D.group_rank(group) == 0
+        fp = D.fingerprint(self._fingerprint_settings()) if self._fingerprint_pending else 0.0
+        self._fingerprint_pending = False
+        head = torch.tensor([count if contributes else 0.0, fp, fp * fp], dtype=dtype).to(device)
+        slots = [
+            values.sum(dtype=dtype).to(device) if contributes else zero,
+            head[0],
+            zero if sharded is None else sharded.to(device, dtype),
+            zero if plain is None else (~torch.isfinite(plain)).to(dtype),
+            (values < lower_bound).sum().to(device, dtype) if lower_bound is not None and contributes else zero,
+            head[1], head[2],
+        ]
+        if rank_counts:
+            own = torch.zeros(world, dtype=dtype, device=device)
+            own[D.group_rank(group)] = values.numel()
+            slots.extend(own.unbind())
+        packed = D.all_reduce_sum_(torch.stack(slots), group)
+        plain = zero if plain is None else plain
+        if self._on_host(device):
+            reduced = packed.tolist()
+            loss_sum, count, sharded_sum, flag, below = reduced[:5]
+            D.check_fingerprints(reduced[5], reduced[6], world, type(self).__name__)
+            counts = [int(c) for c in reduced[7:]] if rank_counts else None
+            gsq = plain.item() + sharded_sum
+            finite = count > 0 and flag == 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
+            return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below > 0, True, counts)
+        if fp:  # the first step reads the fingerprints back: once per run
+            D.check_fingerprints(*packed[5:7].tolist(), world, type(self).__name__)
+        counts = [int(c) for c in packed[7:].tolist()] if rank_counts else None
+        loss_sum, count, sharded_sum, flag, below = packed[:5].unbind()
+        gsq = plain.to(dtype) + sharded_sum
+        finite = (count > 0) & (flag == 0) & torch.isfinite(loss_sum) & torch.isfinite(gsq)
+        return StepScalars(loss_sum / count, loss_sum, gsq, finite, count, below > 0, False, counts)
+
+    def _global_sq_norm(self, tensors: List[Tensor]) -> Tensor:
+        """||x||^2 over ``tensors`` (parameters: ALI-G's ball), summed over the shards of
+        sharded ones (one all-reduce, only when some are sharded)."""
+        group = D.active_group(self._process_group, False)
+        plain, sharded = D.sharded_sq_norm_partial(tensors, group, foreach=self.foreach)
+        if sharded is None:
+            return plain
+        sharded = D.all_reduce_sum_(sharded.reshape(1).to(torch.float64).clone(), group)[0]
+        return sharded if plain is None else plain.to(sharded.device, sharded.dtype) + sharded
+
+    def _polyak_update(
+        self, groups: List[List[Tensor]], gap, grad_sq_norm, delta: float, keep: Optional[Tensor], *,
+        max_lr: Callable[[Dict[str, Any]], Optional[float]], adjusted: bool = False,
+    ) -> None:
+        """The update of the ALI-G family, group by group: the clipped Polyak step with
+        the group's ``max_lr``, times the group's ``lr`` (after the clip), through
+        :func:`polyak.functional.alig_update_` (weight decay and momentum per group)."""
+        for group, params in zip(self.param_groups, groups):
+            step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, delta, max_lr(group))
+            lr = group["lr"]
+            if not (isinstance(lr, (int, float)) and lr == 1.0):   # 1.0: keep the step bit-identical
+                step, unclipped = step * lr, unclipped * lr
+            self._record_step(group, step, unclipped, clipped)
+            if not params:
+                continue
+            momentum = group.get("momentum", 0.0)
+            buffers = self._momentum_buffers(params) if momentum > 0 else None
+            F.alig_update_(
+                params, [p.grad for p in params], buffers, step, momentum, group.get("weight_decay", 0.0),
+                adjusted=adjusted, foreach=self.foreach, keep=keep,
             )
-        elif loss.dim() != 0:
-            loss = loss.reshape(())
-        if not loss.is_floating_point():
-            loss = loss.to(torch.float32)
-        return loss
+
+    def _fingerprint_settings(self) -> Any:
+        """What must agree across ranks: every hyperparameter of every group."""
+        return [
+            sorted((k, repr(v)) for k, v in g.items() if k not in ("params", "param_names") and k not in _STAT_KEYS)
+            for g in self.param_groups
+        ]
+
+    def _skip_step(self, scalars: StepScalars) -> bool:
+        """True: this step must change nothing (it was counted as skipped, or it raised).
+
+        Host path: a non-finite loss or gradient, or an empty batch, is skipped and
+        counted (or raises under nonfinite='raise'); a loss below lower_bound raises.
+        An empty batch is skipped even under 'unchecked' (there is no loss to use).
+        Tensor path: the decision is left to the branch-free update (see
+        :meth:`_keep_mask`), except under nonfinite='raise' (one host read); the
+        lower-bound check needs a host read, so it is not made there (a loss below
+        the bound gives a step of 0 through the clamp)."""
+        policy = self.nonfinite
+        if scalars.on_host or not isinstance(scalars.count, Tensor):
+            if scalars.count == 0 and policy != "raise":
+                self.global_state["skipped_steps"] += 1
+                return True
+        if scalars.on_host:
+            if policy != "unchecked" and not scalars.finite:
+                self._nonfinite_step()
+                return True
+            if policy != "unchecked" and scalars.below_bound:
+                self._below_bound_error()
+            return False
+        if policy == "raise":
+            finite, below = torch.stack([torch.as_tensor(scalars.finite), torch.as_tensor(scalars.below_bound)]).tolist()
+            if not finite:
+                self._nonfinite_step()
+            if below:
+                self._below_bound_error()
+        return False
+
+    def _keep_mask(self, scalars: StepScalars) -> Optional[Tensor]:
+        """The branch-free skip of the tensor path under nonfinite='skip': a 0-dim bool
+        tensor, True where the step applies (None: nothing to mask). The skip counter
+        grows on the device; nothing is read back."""
+        if scalars.on_host or self.nonfinite != "skip":
+            return None
+        ok = scalars.finite
+        state = self.global_state
+        state["skipped_steps"] = (~ok).to(torch.int64) + state["skipped_steps"]
+        return ok
+
+    def _nonfinite_step(self) -> None:
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{type(self).__name__}.step: the loss or a gradient is NaN or infinite, or the batch is empty; "
+                "the step was not applied (nonfinite='skip' skips such steps instead)"
+            )
+        self.global_state["skipped_steps"] += 1
+
+    def _below_bound_error(self) -> None:
+        raise ValueError(
+            f"{type(self).__name__}.step: a loss is below lower_bound={self._setting('lower_bound'):.6g}; "
+            "set lower_bound to a true lower bound of the loss (0 for cross-entropy, hinge and squared losses)"
+        )
 
     # ----------------------------------------------------------------- guard
     def _guard(self, loss, grad_sq_norm, lower_bound: Optional[Union[float, Tensor]]) -> bool:
-        """Check loss and gradients before anything changes. True means: skip this step.
-
-        Floats (the CPU path) are checked directly; tensors cost one
-        device-to-host read of two flags; nonfinite="unchecked" reads nothing.
-        A loss below the lower bound is a user error (wrong ``lower_bound``, or
-        a loss that can go negative) and raises.
-        """
+        """The line searches' and L4's guard (one host read of two flags for tensors).
+        True means: skip this step. A loss below the lower bound raises."""
         if self.nonfinite == "unchecked":
             return False
         if isinstance(loss, Tensor) or isinstance(grad_sq_norm, Tensor):
@@ -199,12 +694,7 @@ class PolyakBase(torch.optim.Optimizer):
             finite_ok = math.isfinite(loss) and math.isfinite(grad_sq_norm)
             below_bound = finite_ok and lower_bound is not None and loss < lower_bound
         if not finite_ok:
-            if self.nonfinite == "raise":
-                raise NonFiniteError(
-                    f"{type(self).__name__}.step: the loss or a gradient is NaN or infinite; "
-                    "the step was not applied (nonfinite='skip' skips such steps instead)"
-                )
-            self.global_state["skipped_steps"] += 1
+            self._nonfinite_step()
             return True
         if below_bound:
             lowest = float(torch.as_tensor(loss).min())
@@ -214,16 +704,6 @@ class PolyakBase(torch.optim.Optimizer):
                 "set lower_bound to a true lower bound of the loss (0 for cross-entropy, hinge and squared losses)"
             )
         return False
-
-    def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
-        """The opening of every step that is given the loss (ALI-G, SPS, L4): the
-        loss from ``loss=`` or a torch-style closure, the passes the caller ran,
-        and the gradients. Returns ``(loss, params_per_group, grads)``; ``grads``
-        is empty when no parameter has a gradient (then nothing moves)."""
-        loss = self._loss_tensor(loss, closure)
-        self._count_passes(1, 1)
-        groups = self._params_with_grad()
-        return loss, groups, [p.grad for ps in groups for p in ps]
 
     def _begin_line_search(self, closure, loss, evaluates: str) -> Tuple[ProbeClosure, Tensor, List[Tensor], List[Tensor], Optional[Tensor]]:
         """The opening of every one-batch line search (PAL, SLS): the loss and
@@ -252,12 +732,16 @@ class PolyakBase(torch.optim.Optimizer):
             return probe, loss_0, [], [], grad_sq_norm
         return probe, loss_0, params, grads, grad_sq_norm
 
-    def _set_step_stats(self, group: Dict[str, Any], step, unclipped, clipped) -> None:
-        """Observability: what the last step did, per group (floats on the CPU path,
-        0-dim tensors on accelerators so that logging never forces a host read)."""
-        group["step_size"] = step
-        group["unclipped_step_size"] = unclipped
-        group["clipped"] = clipped
+
+def _check_lr(name: str, value: Any) -> None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+        return
+    if not _is_number(value) or value < 0:
+        raise ValueError(
+            f"{name} must be a finite number >= 0, got {value!r}: it multiplies the step (1.0 leaves it unchanged)"
+        )
 
 
 # ------------------------------------------------------------ line searches

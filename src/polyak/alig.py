@@ -24,30 +24,34 @@ Momentum follows the reference code, not torch.optim.SGD:
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
 from . import functional as F
-from ._base import MISSING, PolyakBase, check_in_range, check_positive, require
+from ._base import MISSING, PolyakBase, check_bool, check_finite, check_in_range, check_positive, require
 from ._registry import OptimizerSpec, register
-
 
 
 class ALIG(PolyakBase):
     """ALI-G optimizer.
 
     Args:
-        params: parameters or param groups (groups may override ``max_lr`` and ``momentum``).
+        params: parameters or param groups (groups may override ``max_lr``, ``momentum``,
+            ``weight_decay`` and ``lr``).
         max_lr: largest step size (paper: 0.1, 1 or 10), or None for ALI-G infinity. Required.
         momentum: mu of the reference momentum (paper experiments: 0.9); 0 disables it.
         max_norm: radius of the global L2 ball the parameters are kept in (paper: 50 to 400), or None.
-        projection: optional callable(list_of_params) applied in place after every step.
+        projection: optional callable(list_of_params) applied in place after every step
+            (not part of ``state_dict``: pass it again when resuming).
         lower_bound: a known lower bound B of the loss (0 for cross-entropy, hinge, squared loss).
         delta: small constant added to ||g||^2 (1e-5 as in the reference code).
         adjusted_momentum: use the TF-Nesterov momentum form instead of the reference one.
-        nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
+        weight_decay: lambda of ``w <- w - gamma (g + lambda w)`` (not in the paper, whose
+            regulariser is the ``max_norm`` ball; gamma is computed from the loss and the raw
+            gradient, as ALI-G+ does). Default 0.
+        lr, nonfinite, foreach, process_group, loss_is_global: see :class:`polyak._base.PolyakBase`.
+            ``lr`` multiplies the step after the ``max_lr`` clip.
 
     Example::
 
@@ -55,6 +59,9 @@ class ALIG(PolyakBase):
         loss = criterion(model(x), y); opt.zero_grad(); loss.backward()
         opt.step(loss=loss)
     """
+
+    group_keys = frozenset({"max_lr", "momentum", "weight_decay"})
+    mode_keys = frozenset({"adjusted_momentum"})
 
     def __init__(
         self,
@@ -66,73 +73,71 @@ class ALIG(PolyakBase):
         lower_bound: float = 0.0,
         delta: float = 1e-5,
         adjusted_momentum: bool = False,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
-        require("ALIG", "max_lr", max_lr,
+        require(type(self).__name__, "max_lr", max_lr,
                 "a positive float (the papers use 0.1, 1 or 10) or max_lr=None for ALI-G infinity (no clip)")
         check_positive("max_lr", max_lr, allow_none=True, fix="Use None for ALI-G infinity.")
         check_in_range("momentum", momentum, 0.0, 1.0)
         check_positive("max_norm", max_norm, allow_none=True)
         check_positive("delta", delta, fix="It keeps the step finite when the gradient vanishes.")
-        if not isinstance(lower_bound, (int, float)) or isinstance(lower_bound, bool) or not math.isfinite(lower_bound):
-            raise ValueError(f"lower_bound must be a finite number, got {lower_bound!r}")
+        check_finite("lower_bound", lower_bound)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
         if projection is not None and not callable(projection):
             raise TypeError(f"projection must be a callable(list_of_params) or None, got {type(projection).__name__}")
-        if not isinstance(adjusted_momentum, bool):
-            raise TypeError(f"adjusted_momentum must be True or False, got {adjusted_momentum!r}")
-        defaults = dict(max_lr=max_lr, momentum=momentum)
-        super().__init__(params, defaults, nonfinite=nonfinite, foreach=foreach)
-        for group in self.param_groups:
-            check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
-            check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
-        # Loss-level constants: one loss, so one value for all groups.
-        self.lower_bound = float(lower_bound)
-        self.delta = float(delta)
-        self.max_norm = max_norm
+        check_bool("adjusted_momentum", adjusted_momentum)
         self.projection = projection
-        self.adjusted_momentum = adjusted_momentum
-        F.apply_projection_(self._all_params(), max_norm, projection, foreach=foreach)
+        defaults = dict(
+            max_lr=max_lr, momentum=momentum, weight_decay=weight_decay, max_norm=max_norm,
+            lower_bound=float(lower_bound), delta=float(delta), adjusted_momentum=adjusted_momentum,
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
+        self._project()
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
+        check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
+        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
+
+    # the loss-level constants: one loss, so one value for all groups
+    lower_bound = property(lambda self: self._setting("lower_bound"), doc="B, the lower bound of the loss")
+    delta = property(lambda self: self._setting("delta"), doc="the constant added to ||g||^2")
+    max_norm = property(lambda self: self._setting("max_norm"), doc="radius of the L2 ball, or None")
+    adjusted_momentum = property(lambda self: self._setting("adjusted_momentum"))
+
+    def _project(self) -> None:
+        params = self._all_params()
+        F.apply_projection_(params, self.max_norm, self.projection, foreach=self.foreach,
+                            sq_norm=lambda: self._global_sq_norm(params))
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
-        """One ALI-G step. Give the batch loss (``loss=``) after ``backward()``, or a
-        torch-style closure that computes the loss, calls backward and returns it."""
-        loss, groups, grads = self._begin_loss_step(closure, loss)
+        """One ALI-G step. Give the batch loss (``loss=``) after ``backward()``, a
+        torch-style closure that computes the loss, calls backward and returns it, or
+        nothing after :meth:`add_loss` (the mean of the losses handed over)."""
+        batch, groups, grads = self._open_step(closure, loss)
         if not grads:
-            return loss
-        grad_sq_norm = F.as_scalar(F.global_sq_norm(grads, foreach=self.foreach))
-        loss_value = F.as_scalar(loss)
-        if self._guard(loss_value, grad_sq_norm, self.lower_bound):
-            return loss
-        if isinstance(grad_sq_norm, torch.Tensor):
-            loss_value = torch.as_tensor(loss_value, device=grad_sq_norm.device, dtype=grad_sq_norm.dtype)
-        gap = loss_value - self.lower_bound
-        for group, params in zip(self.param_groups, groups):
-            step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, self.delta, group["max_lr"])
-            self._set_step_stats(group, step, unclipped, clipped)
-            if not params:
-                continue
-            group_grads = [p.grad for p in params]
-            scalar_step = F.as_scalar(step)
-            if group["momentum"] > 0:
-                buffers = [self._momentum_buffer(p) for p in params]
-                F.alig_momentum_step_(
-                    params, group_grads, buffers, scalar_step, group["momentum"],
-                    adjusted=self.adjusted_momentum, foreach=self.foreach,
-                )
-            else:
-                F.sgd_step_(params, group_grads, scalar_step, foreach=self.foreach)
-        F.apply_projection_(self._all_params(), self.max_norm, self.projection, foreach=self.foreach)
+            return batch.result()
+        lower_bound = self.lower_bound
+        scalars = self._step_scalars(batch, grads, lower_bound=lower_bound)
+        if self._skip_step(scalars):
+            return batch.result()
+        keep = self._keep_mask(scalars)
+        self._polyak_update(
+            groups, scalars.loss_mean - lower_bound, scalars.grad_sq_norm, self.delta, keep,
+            max_lr=lambda group: group["max_lr"], adjusted=self.adjusted_momentum,
+        )
+        self._project()
         self.global_state["step"] += 1
-        return loss
-
-    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["momentum_buffer"]
+        return batch.result()
 
 
 register(OptimizerSpec(

@@ -61,8 +61,9 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from . import _distributed as D
 from ._base import (
-    GLOBAL_STATE, MISSING, PolyakBase, check_choice, check_in_range, check_int, check_positive, require,
+    GLOBAL_STATE, MISSING, PolyakBase, check_choice, check_finite, check_in_range, check_int, check_positive, require,
 )
 from ._registry import OptimizerSpec, register
 
@@ -111,7 +112,7 @@ class ALIGPlus(PolyakBase):
             (GALIG1+); see the module docstring.
         loss_record: "last" (reference: last online loss) or "best_epoch" (losses of
             the epoch with the lowest mean loss).
-        nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
+        lr, nonfinite, foreach, process_group, loss_is_global: see :class:`polyak._base.PolyakBase`.
 
     Observability: ``param_groups[i]["step_size" | "unclipped_step_size" | "clipped"]``,
     ``opt.aov_mean``, ``opt.last_loss_gap`` (mean of loss - AOV at the last step),
@@ -130,6 +131,9 @@ class ALIGPlus(PolyakBase):
             opt.end_epoch()
     """
 
+    group_keys = frozenset({"max_lr", "momentum", "weight_decay"})
+    mode_keys = frozenset({"aov", "loss_record"})
+
     def __init__(
         self,
         params,
@@ -144,8 +148,11 @@ class ALIGPlus(PolyakBase):
         aov: str = "per_sample",
         loss_record: str = "last",
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         require("ALIGPlus", "max_lr", max_lr,
                 "a positive float (the paper's grid is 0.01, 0.1, 1, 10) or max_lr=None for no clip")
@@ -169,25 +176,14 @@ class ALIGPlus(PolyakBase):
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_in_range("momentum", momentum, 0.0, 1.0)
         check_positive("delta", delta, fix="It keeps the step finite when the gradient vanishes.")
-        if not isinstance(lower_bound, (int, float)) or isinstance(lower_bound, bool) or not math.isfinite(lower_bound):
-            raise ValueError(f"lower_bound must be a finite number, got {lower_bound!r}")
-        defaults = dict(max_lr=max_lr, momentum=momentum, weight_decay=weight_decay)
-        super().__init__(params, defaults, nonfinite=nonfinite, foreach=foreach)
-        for group in self.param_groups:
-            check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
-            check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
-            check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
-        self.num_samples = num_samples
-        self.epochs = epochs
-        self.K = K
-        self.section_length = epochs // K
-        self.lower_bound = float(lower_bound)
-        self.delta = float(delta)
-        self.aov = aov
-        self.loss_record = loss_record
-        self._lower_bound_by_dtype: Dict[torch.dtype, float] = {}
+        check_finite("lower_bound", lower_bound)
+        defaults = dict(
+            max_lr=max_lr, momentum=momentum, weight_decay=weight_decay, num_samples=num_samples, epochs=epochs,
+            K=K, lower_bound=float(lower_bound), delta=float(delta), aov=aov, loss_record=loss_record,
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
         self.global_state.update(
-            aov_mode=aov,
             epoch=0,                # epochs completed (end_epoch calls)
             aov_updates=0,
             epoch_loss_sum=None,    # running sum and count of this epoch's online losses
@@ -196,6 +192,29 @@ class ALIGPlus(PolyakBase):
             aov_reached_fraction=None,
             tables=None,            # created on the first applied step, on the losses' device
         )
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
+        check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
+        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
+
+    num_samples = property(lambda self: self._setting("num_samples"))
+    epochs = property(lambda self: self._setting("epochs"))
+    K = property(lambda self: self._setting("K"))
+    lower_bound = property(lambda self: self._setting("lower_bound"))
+    delta = property(lambda self: self._setting("delta"))
+    aov = property(lambda self: self._setting("aov"))
+    loss_record = property(lambda self: self._setting("loss_record"))
+
+    @property
+    def section_length(self) -> int:
+        """Epochs per AOV section, E // K."""
+        return self.epochs // self.K
+
+    @property
+    def loss_kind(self) -> str:
+        return "per_sample" if self.aov == "per_sample" else "either"
 
     # ----------------------------------------------------------------- views
     @property
@@ -236,100 +255,65 @@ class ALIGPlus(PolyakBase):
 
         ``loss``: the per-sample losses of the batch (``reduction="none"``), after
         ``losses.mean().backward()``; or a torch-style closure that computes them,
-        calls backward on their mean and returns them. ``index``: the dataset indices
-        of the batch (same length, integer; see :class:`polyak.data.IndexedDataset`).
-        The global variants also take a scalar batch-mean loss and need no index.
-        An index repeated in one batch (two views of a sample) records one of its losses.
+        calls backward on their mean and returns them (or ``(losses, index)``); or
+        nothing after :meth:`add_loss` (per-sample losses and indices concatenate).
+        ``index``: the dataset indices of the batch (same length, integer; see
+        :class:`polyak.data.IndexedDataset`). The global variants also take a scalar
+        batch-mean loss and need no index. An index repeated in one batch (two views
+        of a sample) records one of its losses. Under torch.distributed every rank
+        gathers every rank's (index, loss) pairs, so the AOV tables and loss records
+        are identical on every rank and the numerator is the mean over the global batch.
         """
-        name = type(self).__name__
-        per_sample_table = self.aov == "per_sample"
-        if per_sample_table and index is None:
-            self._check_index(None, None, required=True)   # raise before a closure runs forward and backward
-        if per_sample_table:
-            losses = self._loss_tensor(loss, closure, per_sample=True)
-        else:
-            if closure is not None and loss is None:
-                if not callable(closure):
-                    raise TypeError(f"{name}.step: closure must be callable, got {type(closure).__name__}")
-                with torch.enable_grad():
-                    loss = closure()
-                closure = None
-            is_vector = isinstance(loss, Tensor) and loss.dim() == 1
-            losses = self._loss_tensor(loss, closure, per_sample=is_vector)
-        index = self._check_index(index, losses, required=per_sample_table)
-        self._count_passes(1, 1)
-        groups = self._params_with_grad()
-        grads = [p.grad for ps in groups for p in ps]
+        batch, groups, grads = self._open_step(closure, loss, index)
         if not grads:
-            return losses
-        grad_sq_norm = F.global_sq_norm(grads, foreach=self.foreach)
-        # On CPU a host read is free: the guard and the step size then run on Python
-        # floats instead of a dozen tiny kernels. An empty batch keeps the tensor path.
-        on_host = grad_sq_norm.device.type == "cpu" and losses.device.type == "cpu" and losses.numel() > 0
+            return batch.result()
+        per_sample_table = self.aov == "per_sample"
+        scalars = self._step_scalars(
+            batch, grads, lower_bound=self.lower_bound,
+            rank_counts=per_sample_table and not self._setting("loss_is_global"),
+        )
         # Decides skip before any state changes: tables are created and written only below.
-        if on_host:
-            grad_sq_norm_value = grad_sq_norm.item()
-            if self.nonfinite != "unchecked" and self._guard(
-                self._guard_probe(losses), grad_sq_norm_value, self._lower_bound_in(losses.dtype)
-            ):
-                return losses
-        elif self._guard(losses, grad_sq_norm, self.lower_bound):
-            return losses
-
+        if self._skip_step(scalars):
+            return batch.result()
+        keep = self._keep_mask(scalars)
+        losses, index = batch.values, batch.index
+        if scalars.rank_counts is not None:
+            losses, index = self._gather_pairs(losses, index, scalars.rank_counts)
         tables = self._tables(losses)
         # The casts are checked first: even a no-op .to() costs a dispatch per step.
         if losses.dtype != tables["aov"].dtype:
             losses = losses.to(tables["aov"].dtype)
-        gap = self._loss_gap_and_record(losses, index, tables)
-        if gap.dtype != grad_sq_norm.dtype or gap.device != grad_sq_norm.device:
-            gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
+        gap = self._loss_gap_and_record(losses, index, tables, scalars, keep)
         self.global_state["last_loss_gap"] = gap
-        if on_host:
-            gap, grad_sq_norm = gap.item(), grad_sq_norm_value
-
-        for group, params in zip(self.param_groups, groups):
-            step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, self.delta, group["max_lr"])
-            self._set_step_stats(group, step, unclipped, clipped)
-            if not params:
-                continue
-            group_grads = [p.grad for p in params]
-            scalar_step = F.as_scalar(step)
-            # p - gamma*(g + lambda*p): the decay uses the pre-step weights, so it goes first.
-            F.decoupled_weight_decay_(params, scalar_step, group["weight_decay"], foreach=self.foreach)
-            if group["momentum"] > 0:
-                buffers = [self._momentum_buffer(p) for p in params]
-                F.alig_momentum_step_(params, group_grads, buffers, scalar_step, group["momentum"], foreach=self.foreach)
-            else:
-                F.sgd_step_(params, group_grads, scalar_step, foreach=self.foreach)
+        grad_sq_norm = scalars.grad_sq_norm
+        if scalars.on_host:
+            gap = gap.item()
+        elif gap.dtype != grad_sq_norm.dtype or gap.device != grad_sq_norm.device:
+            gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
+        self._polyak_update(groups, gap, grad_sq_norm, self.delta, keep, max_lr=lambda group: group["max_lr"])
         self.global_state["step"] += 1
-        return losses
+        return batch.result()
 
-    @staticmethod
-    def _guard_probe(losses: Tensor) -> float:
-        """One float that the guard judges exactly as it judges the whole CPU batch: the
-        smallest loss when every loss is finite, else a non-finite one (NaN propagates
-        through min and max). One pass over the batch, one host read."""
-        if losses.numel() == 1:
-            return losses.item()
-        low, high = torch.aminmax(losses)
-        high = high.item()
-        return low.item() if math.isfinite(high) else high
+    def _gather_pairs(self, losses: Tensor, index: Tensor, counts) -> tuple:
+        """Every rank's (index, loss) pairs, in rank order: the global batch."""
+        group = D.active_group(self._process_group, False)
+        rows = torch.stack([index.to(losses.device, torch.float64), losses.to(torch.float64)])
+        rows = D.all_gather_rows(rows, counts, group)
+        return rows[1].to(losses.dtype), rows[0].to(torch.int64)
 
-    def _lower_bound_in(self, dtype: torch.dtype) -> float:
-        """B rounded to ``dtype``: comparing a loss with it in float64 gives the answer
-        of the tensor comparison ``losses < B`` (done in the losses' dtype)."""
-        bound = self._lower_bound_by_dtype.get(dtype)
-        if bound is None:
-            bound = float(torch.tensor(self.lower_bound, dtype=dtype))
-            self._lower_bound_by_dtype[dtype] = bound
-        return bound
-
-    def _loss_gap_and_record(self, losses: Tensor, index: Optional[Tensor], tables: Dict[str, Tensor]) -> Tensor:
-        """The Polyak numerator of this step; records the losses for the AOV updates."""
+    def _loss_gap_and_record(self, losses: Tensor, index: Optional[Tensor], tables: Dict[str, Tensor],
+                             scalars, keep: Optional[Tensor]) -> Tensor:
+        """The Polyak numerator of this step (a 0-dim tensor); records the losses for the
+        AOV updates. ``scalars``: the global loss sum and count of the step; ``keep``:
+        the branch-free skip mask of the tensor path (None: the step applies)."""
         state = self.global_state
-        batch_sum = losses.sum()
-        running_sum = batch_sum if state["epoch_loss_sum"] is None else state["epoch_loss_sum"] + batch_sum
-        running_count = state["epoch_loss_count"] + losses.numel()
+        batch_sum = torch.as_tensor(scalars.loss_sum, dtype=tables["aov"].dtype, device=tables["aov"].device)
+        count = scalars.count if keep is None else keep.to(torch.int64) * scalars.count
+        previous_sum = state["epoch_loss_sum"]
+        running_sum = batch_sum if previous_sum is None else previous_sum + batch_sum
+        running_count = state["epoch_loss_count"] + (int(count) if isinstance(count, float) else count.to(torch.int64))
+        if keep is not None:
+            running_sum = torch.where(keep, running_sum, torch.zeros_like(running_sum) if previous_sum is None else previous_sum)
         state["epoch_loss_sum"] = running_sum
         state["epoch_loss_count"] = running_count
         if self.aov == "per_sample":
@@ -338,10 +322,11 @@ class ALIGPlus(PolyakBase):
             # index_select / index_put_: the kernels of aov[index] and record[index] = losses,
             # without the Python indexing machinery.
             gap = (losses - tables["aov"].index_select(0, index)).mean()
-            tables["loss_record"].index_put_((index,), losses)
+            record = losses if keep is None else torch.where(keep, losses, tables["loss_record"].index_select(0, index))
+            tables["loss_record"].index_put_((index,), record)
             return gap
         if self.aov == "global_batch":
-            return losses.mean() - tables["aov"]
+            return batch_sum / scalars.count - tables["aov"]
         return running_sum / running_count - tables["aov"]
 
     # ----------------------------------------------------------------- epoch
@@ -403,8 +388,9 @@ class ALIGPlus(PolyakBase):
                 state["epoch_loss_sum"] = state["epoch_loss_sum"].to(device)
         return tables
 
-    def _check_index(self, index: Any, losses: Tensor, *, required: bool) -> Optional[Tensor]:
+    def _check_index(self, index: Any, losses: Tensor, per_sample: bool) -> Optional[Tensor]:
         name = type(self).__name__
+        required = self.aov == "per_sample"
         if index is None:
             if required:
                 raise ValueError(
@@ -449,24 +435,13 @@ class ALIGPlus(PolyakBase):
                 )
         return index
 
-    def _momentum_buffer(self, p: Tensor) -> Tensor:
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["momentum_buffer"]
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        saved = state_dict["state"].get(GLOBAL_STATE, {})
-        mode = saved.get("aov_mode", self.aov)
-        if mode != self.aov:
-            raise ValueError(f"this state_dict was saved with aov={mode!r}; build the optimizer with aov={mode!r} to load it")
-        tables = saved.get("tables")
+    def _check_loaded_state(self, state_dict: Dict[str, Any]) -> None:
+        tables = state_dict["state"][GLOBAL_STATE].get("tables")
         if tables is not None and self.aov == "per_sample" and tuple(tables["aov"].shape) != (self.num_samples,):
             raise ValueError(
                 f"this state_dict holds AOVs for {tables['aov'].shape[0]} samples but num_samples={self.num_samples}; "
                 "build the optimizer with the num_samples it was saved with"
             )
-        super().load_state_dict(state_dict)
 
 
 _SPEC_COMMON = dict(

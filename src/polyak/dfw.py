@@ -126,7 +126,8 @@ class DFW(ALIG):
         eta: DFW's proximal coefficient = the largest step (the authors' runs: 0.1 or 1). Required.
         momentum: mu of the authors' momentum (their runs: 0.9); 0 disables it.
         eps: DFW's constant in the line-search denominator (1e-5).
-        nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
+        weight_decay: must be 0 (refused otherwise: see the module docstring).
+        lr, nonfinite, foreach, process_group, loss_is_global: see :class:`polyak._base.PolyakBase`.
 
     The authors' ``optimizer.step(lambda: float(loss))`` (a closure that returns the
     loss whose backward already ran) works unchanged, as does ``step(loss=loss)``.
@@ -138,20 +139,32 @@ class DFW(ALIG):
         opt.step(loss=loss)
     """
 
+    group_keys = frozenset({"momentum"})
+
     def __init__(
         self,
         params,
         eta=MISSING,
         momentum: float = 0.0,
         eps: float = 1e-5,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         require("DFW", "eta", eta, "a positive float (the authors use 0.1 or 1), the largest step size")
         check_positive("eta", eta, fix="It is DFW's proximal coefficient, the largest step (0.1 or 1 in the paper).")
         check_in_range("momentum", momentum, 0.0, 1.0)
         check_positive("eps", eps, fix="It keeps the line search finite when the gradient vanishes (1e-5).")
+        if weight_decay != 0:
+            raise ValueError(
+                f"DFW cannot honour weight_decay={weight_decay!r}: DFW's regulariser changes its line search, and "
+                "with it DFW is no longer ALI-G (see the module docstring); use polyak.ALIG(weight_decay=...) or "
+                "ALIG(max_norm=...), ALI-G's constraint"
+            )
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors or param-group dicts, got a single Tensor; wrap it: [tensor]")
         params = list(params)
@@ -163,10 +176,18 @@ class DFW(ALIG):
                 )
         super().__init__(
             params, max_lr=float(eta), momentum=momentum, lower_bound=0.0, delta=float(eps) / float(eta),
-            nonfinite=nonfinite, foreach=foreach,
+            lr=lr, nonfinite=nonfinite, foreach=foreach, process_group=process_group, loss_is_global=loss_is_global,
         )
-        self.eta = float(eta)
-        self.eps = float(eps)
+
+    @property
+    def eta(self) -> float:
+        """DFW's proximal coefficient (ALI-G's max_lr)."""
+        return self._setting("max_lr")
+
+    @property
+    def eps(self) -> float:
+        """DFW's line-search constant (ALI-G's delta times eta)."""
+        return self._setting("delta") * self._setting("max_lr")
 
 
 register(OptimizerSpec(

@@ -23,12 +23,13 @@ Scalar = Union[float, Tensor]
 
 __all__ = [
     "group_by_device_and_dtype",
-    "global_grad_sq_norm",
     "global_sq_norm",
     "global_dot",
     "polyak_step_size",
     "sgd_step_",
     "alig_momentum_step_",
+    "alig_update_",
+    "keep_where_",
     "project_l2_ball_",
     "copy_all_",
     "decoupled_weight_decay_",
@@ -134,12 +135,6 @@ def global_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], foreach: bool = True)
     return _sum_partials(partials, home)
 
 
-def global_grad_sq_norm(params: Iterable[Tensor], foreach: bool = True) -> Tensor:
-    """||g||^2 over every parameter that has a gradient: ONE global norm, all groups."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return global_sq_norm(grads, foreach=foreach)
-
-
 def polyak_step_size(
     loss_gap: Scalar, grad_sq_norm: Scalar, delta: float, max_lr: Optional[float]
 ) -> Tuple[Scalar, Scalar, Union[bool, Tensor]]:
@@ -172,7 +167,7 @@ def as_scalar(value: Scalar) -> Scalar:
     On CPU a host read costs nothing, and Python floats then save a handful of
     tiny kernel launches per step; on accelerators the tensor stays on device.
     """
-    if isinstance(value, Tensor) and value.device.type == "cpu" and value.dim() == 0:
+    if isinstance(value, Tensor) and value.device.type == "cpu" and value.dim() == 0 and not torch.compiler.is_compiling():
         return value.item()
     return value
 
@@ -253,19 +248,58 @@ def alig_momentum_step_(
             torch._foreach_add_(ps, bs, alpha=momentum)
 
 
+def alig_update_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    buffers: Optional[List[Tensor]],
+    step: Scalar,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    adjusted: bool = False,
+    foreach: bool = True,
+    keep: Optional[Tensor] = None,
+) -> None:
+    """The ALI-G update, shared by ALIG, ALIGPlus, DFW and SPS (momentum 0):
+    ``p <- p - step*(g + weight_decay*p)`` (the decay uses the pre-step weights), then
+    the reference momentum of :func:`alig_momentum_step_` when ``buffers`` are given.
+
+    ``keep``: a 0-dim bool tensor (the branch-free skip of the tensor path): where it
+    is False the parameters and buffers keep their old values exactly, even when the
+    gradients or the step are NaN. Costs a copy; under torch.compile it fuses.
+    """
+    if not params:
+        return
+    protected = params + (buffers or [])
+    saved = [t.clone() for t in protected] if keep is not None else None
+    decoupled_weight_decay_(params, step, weight_decay, foreach=foreach)
+    if buffers is not None and momentum > 0:
+        alig_momentum_step_(params, grads, buffers, step, momentum, adjusted=adjusted, foreach=foreach)
+    else:
+        sgd_step_(params, grads, step, foreach=foreach)
+    if saved is not None:
+        keep_where_(keep, protected, saved)
+
+
+def keep_where_(keep: Tensor, tensors: List[Tensor], old: List[Tensor]) -> None:
+    """t <- t where ``keep`` else old, for every pair (``keep`` a 0-dim bool tensor)."""
+    for t, o in zip(tensors, old):
+        t.copy_(torch.where(keep.to(t.device), t, o))
+
+
 def project_l2_ball_(
-    params: List[Tensor], max_norm: float, foreach: bool = True
+    params: List[Tensor], max_norm: float, foreach: bool = True, sq_norm: Optional[Scalar] = None
 ) -> None:
     """Project all tensors together onto ONE L2 ball of radius ``max_norm``.
 
     If the joint norm exceeds ``max_norm`` every tensor is scaled by
     max_norm / norm; otherwise nothing changes (the scale factor is exactly 1).
-    No host read: the factor stays a tensor on accelerators.
+    No host read: the factor stays a tensor on accelerators. ``sq_norm``: the
+    joint squared norm when the caller computed it (sharded parameters).
     """
     if not params:
         return
     with torch.no_grad():
-        total = global_sq_norm(params, foreach=foreach).sqrt()
+        total = torch.as_tensor(global_sq_norm(params, foreach=foreach) if sq_norm is None else sq_norm).sqrt()
         # min(1, r / ||w||): exactly 1.0 inside the ball, so inside points stay bit-identical.
         factor = torch.clamp(max_norm / total, max=1.0)
         factor = as_scalar(factor)
@@ -284,10 +318,14 @@ def _scale_all_(params: List[Tensor], factor: Scalar, foreach: bool) -> None:
         torch._foreach_mul_(ps, factor.to(device, dtype) if isinstance(factor, Tensor) else factor)
 
 
-def apply_projection_(params: List[Tensor], max_norm: Optional[float], projection: Optional[Callable], foreach: bool = True) -> None:
-    """The ALI-G constraint set: the global L2 ball, then a user projection if given."""
+def apply_projection_(
+    params: List[Tensor], max_norm: Optional[float], projection: Optional[Callable], foreach: bool = True,
+    sq_norm: Optional[Callable[[], Scalar]] = None,
+) -> None:
+    """The ALI-G constraint set: the global L2 ball, then a user projection if given.
+    ``sq_norm()``: the joint squared norm of ``params`` (for sharded parameters)."""
     if max_norm is not None:
-        project_l2_ball_(params, max_norm, foreach=foreach)
+        project_l2_ball_(params, max_norm, foreach=foreach, sq_norm=None if sq_norm is None else sq_norm())
     if projection is not None:
         with torch.no_grad():
             projection(params)

@@ -105,6 +105,8 @@ class L4(PolyakBase):
         opt.step(loss=loss)
     """
 
+    group_keys = frozenset({"fraction", "betas", "adam_eps"})
+
     def __init__(
         self,
         params,

@@ -204,13 +204,6 @@ class LABPAL(PolyakBase):
         check_int("untrusted_updates", untrusted_updates, 0)
         check_int("average_over", average_over, 1)
         super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        for group in self.param_groups:
-            extra = set(group) - {"params", "step_size", "param_names"}
-            if extra:
-                raise ValueError(
-                    f"LABPAL takes one step for all parameters; param groups cannot set {sorted(extra)}. "
-                    "Pass the hyperparameters to LABPAL(...) instead"
-                )
         self.mode = mode
         self.approx_batches = approx_batches
         self.reuse_steps = reuse_steps

@@ -109,7 +109,6 @@ class PAL(PolyakBase):
         opt.step(closure)
     """
 
-    passes_per_step = (2, 1)
     _OPTIMIZER_WIDE = ("measuring_step", "update_factor", "max_step", "momentum")
 
     def __init__(

@@ -134,7 +134,6 @@ class SLS(PolyakBase):
         opt.step(lambda: criterion(model(x), y))     # no backward in the closure
     """
 
-    passes_per_step = (2, 1)  # at least; every extra trial adds a forward (see opt.cost)
     _OPTIMIZER_WIDE = (
         "condition", "init_step_size", "c", "beta", "gamma", "reset", "eta_max",
         "n_batches_per_epoch", "momentum", "grow_factor", "max_tries",

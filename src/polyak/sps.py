@@ -49,7 +49,7 @@ from torch import Tensor
 
 from . import functional as F
 from .functional import Scalar
-from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
+from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_finite, check_int, check_positive
 from ._registry import OptimizerSpec, register
 
 SPS_MODES = ("constant", "smooth_iter")
@@ -74,7 +74,7 @@ class SPS(PolyakBase):
 
     Args:
         params: parameters or param groups. The step is one scalar for all groups
-            (SPS has no per-group hyperparameter).
+            (groups may set only ``weight_decay`` and ``lr``).
         c: scale of ||g||^2 in the denominator (paper theory: 0.5; the authors'
             experiments: 0.2).
         eta_max: upper bound of the step in ``mode="constant"`` (None: no bound).
@@ -87,7 +87,9 @@ class SPS(PolyakBase):
         n_batches_per_epoch: n_b of smooth_iter (the run's batches per epoch).
         init_step_size: gamma_0 of smooth_iter.
         eps: added to c ||g||^2 (1e-8); keeps a zero gradient finite.
-        nonfinite, foreach: see :class:`polyak._base.PolyakBase`.
+        weight_decay: lambda of ``w <- w - gamma (g + lambda w)`` per group (not in the paper;
+            gamma is computed from the loss and the raw gradient, as ALI-G+ does). Default 0.
+        lr, nonfinite, foreach, process_group, loss_is_global: see :class:`polyak._base.PolyakBase`.
 
     Example::
 
@@ -95,6 +97,9 @@ class SPS(PolyakBase):
         loss = criterion(model(x), y); opt.zero_grad(); loss.backward()
         opt.step(loss=loss)
     """
+
+    group_keys = frozenset({"weight_decay"})
+    mode_keys = frozenset({"mode"})
 
     def __init__(
         self,
@@ -107,9 +112,13 @@ class SPS(PolyakBase):
         n_batches_per_epoch: int = 500,
         init_step_size: float = 1.0,
         eps: float = 1e-8,
+        weight_decay: float = 0.0,
         *,
+        lr: float = 1.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group=None,
+        loss_is_global: bool = False,
     ):
         check_choice("mode", mode, SPS_MODES)
         check_positive("c", c, fix="The paper uses 0.5 in theory and 0.2 for deep networks.")
@@ -119,8 +128,7 @@ class SPS(PolyakBase):
                 "eta_max applies to mode='constant' only; mode='smooth_iter' bounds each step by the "
                 "previous one (see gamma and n_batches_per_epoch). Pass mode='constant' to use eta_max."
             )
-        if not isinstance(fstar, (int, float)) or isinstance(fstar, bool) or not math.isfinite(fstar):
-            raise ValueError(f"fstar must be a finite number (0 for non-negative losses), got {fstar!r}")
+        check_finite("fstar", fstar, "(0 for non-negative losses)")
         if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not (math.isfinite(gamma) and gamma >= 1):
             raise ValueError(
                 f"gamma must be a finite number >= 1 (the largest growth of the step per epoch; the reference "
@@ -129,16 +137,28 @@ class SPS(PolyakBase):
         check_int("n_batches_per_epoch", n_batches_per_epoch, 1, "It is the number of step() calls per epoch.")
         check_positive("init_step_size", init_step_size, fix="It is the step size gamma_0 of smooth_iter (1 in the reference).")
         check_positive("eps", eps, fix="It keeps the step finite when the gradient vanishes (1e-8).")
-        super().__init__(params, {}, nonfinite=nonfinite, foreach=foreach)
-        # Loss-level constants: one loss and one step for all groups.
-        self.c = float(c)
-        self.eta_max = None if eta_max is None else float(eta_max)
-        self.fstar = float(fstar)
-        self.mode = mode
-        self.gamma = float(gamma)
-        self.n_batches_per_epoch = n_batches_per_epoch
-        self.init_step_size = float(init_step_size)
-        self.eps = float(eps)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        # Loss-level constants: one loss and one step for all groups (only weight_decay and lr per group).
+        defaults = dict(
+            c=float(c), eta_max=None if eta_max is None else float(eta_max), fstar=float(fstar), mode=mode,
+            gamma=float(gamma), n_batches_per_epoch=n_batches_per_epoch, init_step_size=float(init_step_size),
+            eps=float(eps), weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
+                         process_group=process_group, loss_is_global=loss_is_global)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
+
+    c = property(lambda self: self._setting("c"))
+    eta_max = property(lambda self: self._setting("eta_max"))
+    fstar = property(lambda self: self._setting("fstar"))
+    mode = property(lambda self: self._setting("mode"))
+    gamma = property(lambda self: self._setting("gamma"))
+    n_batches_per_epoch = property(lambda self: self._setting("n_batches_per_epoch"))
+    init_step_size = property(lambda self: self._setting("init_step_size"))
+    eps = property(lambda self: self._setting("eps"))
 
     def _previous_step(self, like: Scalar) -> Scalar:
         """gamma_{t-1} of smooth_iter: a float on the CPU path (``like`` a float), else a
@@ -162,26 +182,24 @@ class SPS(PolyakBase):
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None):
-        """One SPS step. Give the batch loss (``loss=``) after ``backward()``, or a
-        torch-style closure that computes the loss, calls backward and returns it."""
-        loss, groups, grads = self._begin_loss_step(closure, loss)
+        """One SPS step. Give the batch loss (``loss=``) after ``backward()``, a
+        torch-style closure that computes the loss, calls backward and returns it, or
+        nothing after :meth:`add_loss` (the mean of the losses handed over). Each
+        group's ``lr`` multiplies the step after the bound; smooth_iter's bound
+        carries the step before ``lr``."""
+        batch, groups, grads = self._open_step(closure, loss)
         if not grads:
-            return loss
-        # On CPU the host reads are free: the guard and the step size then run on Python
-        # floats (as in ALIG) instead of a dozen tiny kernels; on accelerators all stays on device.
-        grad_sq_norm = F.as_scalar(F.global_sq_norm(grads, foreach=self.foreach))
-        loss_value = F.as_scalar(loss)
-        if isinstance(grad_sq_norm, Tensor) and not isinstance(loss_value, Tensor):
-            loss_value = loss  # a CPU loss with device gradients: compare and subtract on the device
-        elif isinstance(loss_value, Tensor) and not isinstance(grad_sq_norm, Tensor):
-            loss_value = loss.item()  # a device loss with CPU gradients: one read, as loss.to("cpu") was
+            return batch.result()
         # f* > loss is the paper's "step 0", not a user error: no lower bound check.
-        if self._guard(loss_value, grad_sq_norm, None):
-            return loss
-        if isinstance(grad_sq_norm, Tensor):
-            gap = torch.clamp(loss_value.to(grad_sq_norm.device, grad_sq_norm.dtype) - self.fstar, min=0.0)
+        scalars = self._step_scalars(batch, grads)
+        if self._skip_step(scalars):
+            return batch.result()
+        keep = self._keep_mask(scalars)
+        grad_sq_norm = scalars.grad_sq_norm
+        if scalars.on_host:
+            gap = max(scalars.loss_mean - self.fstar, 0.0)
         else:
-            gap = max(loss_value - self.fstar, 0.0)
+            gap = torch.clamp(scalars.loss_mean.to(grad_sq_norm.dtype) - self.fstar, min=0.0)
         if self.mode == "constant":
             upper = self.eta_max
         else:
@@ -189,14 +207,17 @@ class SPS(PolyakBase):
             upper = sps_smooth_bound(previous, self.gamma, self.n_batches_per_epoch)
         step, unclipped, clipped = F.polyak_step_size(gap, self.c * grad_sq_norm, self.eps, upper)
         if self.mode == "smooth_iter":
-            self._store_previous_step(sps_carried_step(step, previous))
-        scalar_step = F.as_scalar(step)
+            carried = sps_carried_step(step, previous)
+            self._store_previous_step(carried if keep is None else torch.where(keep, carried, previous))
         for group, params in zip(self.param_groups, groups):
-            self._set_step_stats(group, step, unclipped, clipped)
-            if params:
-                F.sgd_step_(params, [p.grad for p in params], scalar_step, foreach=self.foreach)
+            lr = group["lr"]
+            scaled = (step, unclipped) if isinstance(lr, (int, float)) and lr == 1.0 else (step * lr, unclipped * lr)
+            self._record_step(group, scaled[0], scaled[1], clipped)
+            F.alig_update_(params, [p.grad for p in params], None, scaled[0], weight_decay=group["weight_decay"],
+                           foreach=self.foreach, keep=keep)
         self.global_state["step"] += 1
-        return loss
+        return batch.result()
+
 
 register(OptimizerSpec(
     name="sps",
