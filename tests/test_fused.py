@@ -53,26 +53,24 @@ def _trajectories(dtype, foreach_step, fused_step, with_buffers):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_fused_momentum_step_matches_foreach(dtype, weight_decay):
+def test_fused_momentum_update_matches_foreach(dtype, weight_decay):
     # ALIG (weight_decay 0) and ALIGPlus: decoupled decay, then the reference momentum.
-    def foreach_step(ps, gs, bs, step):
-        F.decoupled_weight_decay_(ps, step, weight_decay)
-        F.alig_momentum_step_(ps, gs, bs, step, 0.9)
-
-    def fused_step(ps, gs, bs, step):
-        X.fused_alig_momentum_step_(ps, gs, bs, step, 0.9, weight_decay=weight_decay)
-
-    (ps, bs), (fps, fbs) = _trajectories(dtype, foreach_step, fused_step, with_buffers=True)
+    (ps, bs), (fps, fbs) = _trajectories(
+        dtype,
+        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, 0.9, weight_decay),
+        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, 0.9, weight_decay),
+        with_buffers=True,
+    )
     _assert_close(fps, ps, dtype)
     _assert_close(fbs, bs, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_adjusted_momentum_step_matches_foreach(dtype):
+def test_fused_adjusted_momentum_update_matches_foreach(dtype):
     (ps, bs), (fps, fbs) = _trajectories(
         dtype,
-        lambda ps, gs, bs, s: F.alig_momentum_step_(ps, gs, bs, s, 0.8, adjusted=True),
-        lambda ps, gs, bs, s: X.fused_alig_momentum_step_(ps, gs, bs, s, 0.8, adjusted=True),
+        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, 0.8, adjusted=True),
+        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, 0.8, adjusted=True),
         with_buffers=True,
     )
     _assert_close(fps, ps, dtype)
@@ -80,14 +78,13 @@ def test_fused_adjusted_momentum_step_matches_foreach(dtype):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_fused_sgd_step_matches_foreach(weight_decay):
+def test_fused_plain_update_matches_foreach(weight_decay):
     # plain ALI-G and SPS (weight_decay 0), ALIGPlus without momentum
-    def foreach_step(ps, gs, step):
-        F.decoupled_weight_decay_(ps, step, weight_decay)
-        F.sgd_step_(ps, gs, step)
-
     (ps, _), (fps, _) = _trajectories(
-        torch.float64, foreach_step, lambda ps, gs, s: X.fused_sgd_step_(ps, gs, s, weight_decay), with_buffers=False
+        torch.float64,
+        lambda ps, gs, s: F.alig_update_(ps, gs, None, s, weight_decay=weight_decay),
+        lambda ps, gs, s: X.fused_alig_update_(ps, gs, None, s, weight_decay=weight_decay),
+        with_buffers=False,
     )
     _assert_close(fps, ps, torch.float64)
 
@@ -98,17 +95,31 @@ def test_fused_update_follows_the_reference_formula():
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
     expected_b = [mu * b - gamma * g for g, b in zip(gs, bs)]
     expected_p = [p - gamma * g + mu * nb for p, g, nb in zip(ps, gs, expected_b)]
-    X.fused_alig_momentum_step_(ps, gs, bs, torch.tensor(gamma, dtype=torch.float64), mu)
+    X.fused_alig_update_(ps, gs, bs, torch.tensor(gamma, dtype=torch.float64), mu)
     _assert_close(ps, expected_p, torch.float64)
     _assert_close(bs, expected_b, torch.float64)
 
 
+def test_keep_false_leaves_every_tensor_bit_identical_even_with_a_nan_step():
+    ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
+    before = [t.clone() for t in ps + bs]
+    X.fused_alig_update_(ps, gs, bs, torch.tensor(float("nan"), dtype=torch.float64), 0.9,
+                         keep=torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(ps + bs, before))
+    # keep=True is the update itself
+    X.fused_alig_update_(ps, gs, bs, 0.3, 0.9, keep=torch.tensor(True))
+    ref_p, ref_b = [t.clone() for t in before[:len(ps)]], [t.clone() for t in before[len(ps):]]
+    F.alig_update_(ref_p, gs, ref_b, 0.3, 0.9)
+    _assert_close(ps, ref_p, torch.float64)
+    _assert_close(bs, ref_b, torch.float64)
+
+
 def test_a_new_step_size_does_not_recompile():
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
-    X.fused_alig_momentum_step_(ps, gs, bs, 0.1, 0.9)   # compiled (or found) here
+    X.fused_alig_update_(ps, gs, bs, 0.1, 0.9)   # compiled (or found) here
     graphs = counters["stats"]["unique_graphs"]
     for step in (0.2, 0.7, torch.tensor(1e-3, dtype=torch.float64), 0.0):
-        X.fused_alig_momentum_step_(ps, gs, bs, step, 0.9)
+        X.fused_alig_update_(ps, gs, bs, step, 0.9)
     assert counters["stats"]["unique_graphs"] == graphs
 
 
@@ -116,7 +127,7 @@ def test_mixed_dtypes_update_each_bucket():
     # one compiled call per (device, dtype) bucket; the parameters keep their dtypes
     ps = [torch.ones(3, dtype=torch.float64), torch.ones(4, dtype=torch.float32)]
     gs = [torch.full((3,), 2.0, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float32)]
-    X.fused_sgd_step_(ps, gs, 0.25)
+    X.fused_alig_update_(ps, gs, None, 0.25)
     assert [p.dtype for p in ps] == [torch.float64, torch.float32]
     assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in ps)
 
@@ -127,4 +138,11 @@ def test_reason_names_a_missing_compiler(monkeypatch):
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     reason = X.fused_unsupported_reason(torch.device("cpu"))
     assert reason is not None and "compiler" in reason
+    with pytest.raises(RuntimeError, match="fused=True is not available here.*fused=False"):
+        X.check_fused_supported("ALIG", [torch.zeros(2)])
     assert X.fused_unsupported_reason(torch.device("meta")) is not None
+
+
+def test_integer_parameters_are_refused():
+    with pytest.raises(RuntimeError, match="floating-point parameters"):
+        X.check_fused_supported("ALIG", [torch.zeros(2), torch.zeros(2, dtype=torch.int64)])

@@ -9,10 +9,12 @@ let ``torch.compile`` (inductor: C++ on CPU, Triton on GPU) turn it into one loo
 that reads p, g, b once and writes p, b once.
 
 The step size enters as a 0-dim tensor, so a new step size each step reuses the
-compiled code (no recompilation); ``momentum`` and ``weight_decay`` are constants
-of the compiled code. Each update repeats the rounding order of its foreach twin
-operation by operation, so the two paths agree to a few ulps (exactly where no
-multiply-add is contracted); tests/test_fused.py checks it in float64 and float32.
+compiled code (no recompilation); a new momentum or weight decay compiles once
+more. Each update follows the order of operations of its foreach twin; the one
+difference is that torch's CPU kernels compute ``p + alpha*g`` as a fused
+multiply-add (one rounding) where inductor's CPU code rounds the product, so the
+two paths agree to a few ulps (tests/test_fused.py: float64 to 1e-12 over several
+steps, float32 to 4 ulps of each tensor's largest entry).
 
 Where no compiler works, :func:`fused_unsupported_reason` says why, and the
 optimizers refuse ``fused=True`` with that reason, as torch.optim does for a device
@@ -30,42 +32,56 @@ from torch import Tensor
 
 from .functional import Scalar, group_by_device_and_dtype
 
-__all__ = ["fused_unsupported_reason", "fused_sgd_step_", "fused_alig_momentum_step_"]
+__all__ = ["fused_unsupported_reason", "check_fused_supported", "fused_alig_update_"]
 
 
 # ----------------------------------------------------------------- the updates
 # Plain Python on lists: torch.compile unrolls the loop into one graph per list.
-def _sgd_update(params: List[Tensor], grads: List[Tensor], step: Tensor, weight_decay: float) -> None:
-    # p <- p (1 - step wd) - step g; as functional.decoupled_weight_decay_ then sgd_step_.
+# ``keep`` (a 0-dim bool tensor or None): the branch-free skip; where it is False every
+# tensor keeps its old value exactly, even when the step or the gradients are NaN.
+def _decayed(p: Tensor, step: Tensor, weight_decay: float) -> Tensor:
+    # p (1 - step wd): the lambda p part of p - step (g + lambda p), on the pre-step weights
+    return p * (1.0 - step * weight_decay) if weight_decay != 0.0 else p
+
+
+def _kept(keep: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
+    return new if keep is None else torch.where(keep, new, old)
+
+
+def _plain_update(
+    params: List[Tensor], grads: List[Tensor], step: Tensor, weight_decay: float, keep: Optional[Tensor]
+) -> None:
+    # p <- p (1 - step wd) - step g
     neg_step = -step
     for p, g in zip(params, grads):
-        start = p * (1.0 - step * weight_decay) if weight_decay != 0.0 else p
-        p.copy_(start + g * neg_step)
+        p.copy_(_kept(keep, _decayed(p, step, weight_decay) + g * neg_step, p))
 
 
 def _momentum_update(
-    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float, weight_decay: float
+    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float,
+    weight_decay: float, keep: Optional[Tensor],
 ) -> None:
-    # w <- w - step g; b <- mu b - step g; w <- w + mu b (after the decoupled decay of ALI-G+).
+    # w <- w - step g; b <- mu b - step g; w <- w + mu b (after the decay)
     neg_step = -step
     for p, g, b in zip(params, grads, buffers):
-        start = p * (1.0 - step * weight_decay) if weight_decay != 0.0 else p
         new_b = b * momentum + g * neg_step
-        p.copy_((start + g * neg_step) + new_b * momentum)
-        b.copy_(new_b)
+        new_p = (_decayed(p, step, weight_decay) + g * neg_step) + new_b * momentum
+        p.copy_(_kept(keep, new_p, p))
+        b.copy_(_kept(keep, new_b, b))
 
 
 def _adjusted_momentum_update(
-    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float, weight_decay: float
+    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float,
+    weight_decay: float, keep: Optional[Tensor],
 ) -> None:
-    # b <- mu b - g; w <- w - step g + step mu b (TensorFlow's Nesterov form).
+    # b <- mu b - g; w <- w - step g + step mu b (TensorFlow's Nesterov form, after the decay)
     neg_step = -step
     buffer_scale = step * momentum
     for p, g, b in zip(params, grads, buffers):
-        start = p * (1.0 - step * weight_decay) if weight_decay != 0.0 else p
         new_b = b * momentum - g
-        p.copy_((start + g * neg_step) + new_b * buffer_scale)
-        b.copy_(new_b)
+        new_p = (_decayed(p, step, weight_decay) + g * neg_step) + new_b * buffer_scale
+        p.copy_(_kept(keep, new_p, p))
+        b.copy_(_kept(keep, new_b, b))
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,10 +112,31 @@ def fused_unsupported_reason(device: torch.device) -> Optional[str]:
             return None if has_triton() else "torch.compile needs Triton for CUDA tensors and it is not installed"
         return f"fused updates are compiled for CPU and CUDA tensors only, not {device.type}"
     except Exception as error:  # the compiler search raises its own error types, or imports fail
-        return f"torch.compile (inductor) has no working compiler for {device.type} tensors: {error}"
+        return f"torch.compile (inductor) has no working compiler for {device.type} tensors: {error!r}"
 
 
-# ----------------------------------------------------------------- entry points
+def check_fused_supported(owner: str, params) -> None:
+    """Raise a RuntimeError naming the fix unless every parameter can take the fused
+    update: floating point (as torch.optim's fused kernels require) on a device with a
+    working compiler. Run where torch checks ``fused=True``: at construction."""
+    devices = set()
+    for p in params:
+        if not p.is_floating_point():
+            raise RuntimeError(
+                f"{owner}: fused=True needs floating-point parameters, got one of dtype {p.dtype}; "
+                "pass fused=False (the default)"
+            )
+        devices.add(p.device)
+    for device in sorted(devices, key=str):
+        reason = fused_unsupported_reason(device)
+        if reason is not None:
+            raise RuntimeError(
+                f"{owner}: fused=True is not available here: {reason}. Pass fused=False (the default: "
+                "the same update in unfused multi-tensor kernels), or install what is missing"
+            )
+
+
+# ----------------------------------------------------------------- entry point
 def _as_step_tensor(step: Scalar, device: torch.device) -> Tensor:
     # A Python float becomes float64, the precision in which the foreach path scales by it.
     if isinstance(step, Tensor):
@@ -107,37 +144,32 @@ def _as_step_tensor(step: Scalar, device: torch.device) -> Tensor:
     return torch.tensor(step, dtype=torch.float64, device=device)
 
 
-def fused_sgd_step_(params: List[Tensor], grads: List[Tensor], step: Scalar, weight_decay: float = 0.0) -> None:
-    """p <- p (1 - step*weight_decay) - step*g, one pass per tensor.
-
-    The fused form of ``decoupled_weight_decay_`` followed by ``sgd_step_``.
-    ``step``: a float or a 0-dim tensor (never read back to the host).
-    """
-    if not params:
-        return
-    update = _compiled(_sgd_update)
-    with torch.no_grad():  # an update is never part of a graph, even when called outside step()
-        for (device, _), (ps, gs) in group_by_device_and_dtype(params, grads).items():
-            update(ps, gs, _as_step_tensor(step, device), float(weight_decay))
-
-
-def fused_alig_momentum_step_(
+def fused_alig_update_(
     params: List[Tensor],
     grads: List[Tensor],
-    buffers: List[Tensor],
+    buffers: Optional[List[Tensor]],
     step: Scalar,
-    momentum: float,
-    adjusted: bool = False,
+    momentum: float = 0.0,
     weight_decay: float = 0.0,
+    adjusted: bool = False,
+    keep: Optional[Tensor] = None,
 ) -> None:
-    """The fused form of ``decoupled_weight_decay_`` followed by ``alig_momentum_step_``.
+    """:func:`polyak.functional.alig_update_` in one pass per tensor (same arguments,
+    less ``foreach``): ``p <- p - step*(g + weight_decay*p)``, then the reference
+    momentum (or its adjusted form) when ``buffers`` are given and ``momentum > 0``.
 
-    default:   p <- p (1 - step*wd);  p <- p - step*g;  b <- mu*b - step*g;  p <- p + mu*b
-    adjusted:  p <- p (1 - step*wd);  b <- mu*b - g;    p <- p - step*g + step*mu*b
+    ``step``: a float or a 0-dim tensor (never read back to the host). ``keep``: the
+    branch-free skip, a 0-dim bool tensor; False leaves every tensor as it was.
     """
     if not params:
         return
-    update = _compiled(_adjusted_momentum_update if adjusted else _momentum_update)
-    with torch.no_grad():
-        for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
-            update(ps, gs, bs, _as_step_tensor(step, device), float(momentum), float(weight_decay))
+    with torch.no_grad():  # an update is never part of a graph, even when called outside step()
+        if buffers is not None and momentum > 0:
+            update = _compiled(_adjusted_momentum_update if adjusted else _momentum_update)
+            for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
+                update(ps, gs, bs, _as_step_tensor(step, device), float(momentum), float(weight_decay),
+                       None if keep is None else keep.to(device))
+        else:
+            update = _compiled(_plain_update)
+            for (device, _), (ps, gs) in group_by_device_and_dtype(params, grads).items():
+                update(ps, gs, _as_step_tensor(step, device), float(weight_decay), None if keep is None else keep.to(device))
