@@ -143,6 +143,7 @@ class LossBatch:
     values: Tensor
     index: Optional[Tensor]
     per_sample: bool
+    passes: int = 0   # forward+backward passes to count when the step takes it (hand-overs count at add_loss)
 
     def result(self) -> Tensor:
         """What step() returns: the per-sample losses, or the (mean) scalar loss."""
@@ -350,7 +351,7 @@ class PolyakBase(torch.optim.Optimizer):
     @property
     def cost(self) -> Dict[str, int]:
         """Cumulative forward and backward passes consumed by the steps so far."""
-        return dict(self.global_state["cost"])
+        return {k: int(v) for k, v in self.global_state["cost"].items()}
 
     @property
     def skipped_steps(self) -> int:
@@ -360,8 +361,8 @@ class PolyakBase(torch.optim.Optimizer):
 
     def _count_passes(self, forward: int, backward: int) -> None:
         cost = self.global_state["cost"]
-        cost["forward"] += forward
-        cost["backward"] += backward
+        add_to_counter(cost, "forward", forward)
+        add_to_counter(cost, "backward", backward)
 
     # ------------------------------------------------------------ parameters
     def _params_with_grad(self) -> List[List[Tensor]]:
@@ -472,7 +473,7 @@ class PolyakBase(torch.optim.Optimizer):
                     "use one channel per step"
                 )
             batch = self._parse_loss(loss, index)
-            self._count_passes(1, 1)
+            batch.passes = 1
             return batch
         if not self._pending:
             raise ValueError(
@@ -493,7 +494,11 @@ class PolyakBase(torch.optim.Optimizer):
         """The opening of every step that is given the loss: ``(loss batch, parameters
         with a gradient per group, their gradients)``."""
         batch = self._take_loss(closure, loss, index)
+        # The gradients are read before self.state is touched: a compiled step then sees
+        # them through param_groups (guarded by shape), not through the state's keys
+        # (guarded by identity: a recompile for every new gradient tensor).
         groups = self._params_with_grad()
+        self._count_passes(batch.passes, batch.passes)
         return batch, groups, [p.grad for ps in groups for p in ps]
 
     def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
@@ -636,7 +641,7 @@ class PolyakBase(torch.optim.Optimizer):
         policy = self.nonfinite
         if scalars.on_host or not isinstance(scalars.count, Tensor):
             if scalars.count == 0 and policy != "raise":
-                self.global_state["skipped_steps"] += 1
+                add_to_counter(self.global_state, "skipped_steps")
                 return True
         if scalars.on_host:
             if policy != "unchecked" and not scalars.finite:
@@ -660,8 +665,7 @@ class PolyakBase(torch.optim.Optimizer):
         if scalars.on_host or self.nonfinite != "skip":
             return None
         ok = scalars.finite
-        state = self.global_state
-        state["skipped_steps"] = (~ok).to(torch.int64) + state["skipped_steps"]
+        add_to_counter(self.global_state, "skipped_steps", (~ok).to(torch.int64))
         return ok
 
     def _nonfinite_step(self) -> None:
@@ -670,7 +674,7 @@ class PolyakBase(torch.optim.Optimizer):
                 f"{type(self).__name__}.step: the loss or a gradient is NaN or infinite, or the batch is empty; "
                 "the step was not applied (nonfinite='skip' skips such steps instead)"
             )
-        self.global_state["skipped_steps"] += 1
+        add_to_counter(self.global_state, "skipped_steps")
 
     def _below_bound_error(self) -> None:
         raise ValueError(
@@ -731,6 +735,18 @@ class PolyakBase(torch.optim.Optimizer):
         if self._guard(loss_0, grad_sq_norm, None):
             return probe, loss_0, [], [], grad_sq_norm
         return probe, loss_0, params, grads, grad_sq_norm
+
+
+def add_to_counter(container: Dict[str, Any], key: str, amount: Any = 1) -> None:
+    """``container[key] += amount`` for a counter of the optimizer state. Inside a
+    compiled step a Python int would be baked into the graph (a recompile per step), so
+    there the counter becomes a 0-dim tensor; it stays one afterwards. Read counters
+    with ``int(...)`` (the properties ``cost`` and ``skipped_steps`` do)."""
+    value = container[key]
+    if isinstance(value, Tensor) or isinstance(amount, Tensor) or torch.compiler.is_compiling():
+        container[key] = torch.as_tensor(value) + amount
+    else:
+        container[key] = value + amount
 
 
 def _check_lr(name: str, value: Any) -> None:

@@ -91,16 +91,27 @@ def all_gather_rows(rows: Tensor, counts: Sequence[int], group: Any) -> Tensor:
 
 
 # ---------------------------------------------------------------- sharded tensors
+def _dtensor_type():
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+_DTENSOR = _dtensor_type()
+
+
 def is_sharded(t: Tensor) -> bool:
-    """True for a DTensor with at least one Shard placement (FSDP2's parameters and grads)."""
-    placements = getattr(t, "placements", None)
-    return placements is not None and any(p.is_shard() for p in placements)
+    """True for a DTensor with at least one Shard placement (FSDP2's parameters and grads).
+    An isinstance test, not getattr: dynamo guards on an attribute probe by the object's
+    identity, so a compiled step would recompile for every new gradient tensor."""
+    return _DTENSOR is not None and isinstance(t, _DTENSOR) and any(p.is_shard() for p in t.placements)
 
 
 def local_part(t: Tensor) -> Tensor:
     """The rank-local data of a DTensor (its shard), the tensor itself otherwise."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None and hasattr(t, "placements") else t
+    return t.to_local() if _DTENSOR is not None and isinstance(t, _DTENSOR) else t
 
 
 def replication_factor(t: Tensor, group: Any) -> int:

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from . import functional as F
-from ._base import MISSING, PolyakBase, check_bool, check_finite, check_in_range, check_positive, require
+from ._base import MISSING, PolyakBase, add_to_counter, check_bool, check_finite, check_in_range, check_positive, require
 from ._registry import OptimizerSpec, register
 
 
@@ -136,7 +136,7 @@ class ALIG(PolyakBase):
             max_lr=lambda group: group["max_lr"], adjusted=self.adjusted_momentum,
         )
         self._project()
-        self.global_state["step"] += 1
+        add_to_counter(self.global_state, "step")
         return batch.result()
 
 

@@ -63,7 +63,7 @@ from torch import Tensor
 from . import functional as F
 from . import _distributed as D
 from ._base import (
-    GLOBAL_STATE, MISSING, PolyakBase, check_choice, check_finite, check_in_range, check_int, check_positive, require,
+    GLOBAL_STATE, MISSING, PolyakBase, add_to_counter, check_choice, check_finite, check_in_range, check_int, check_positive, require,
 )
 from ._registry import OptimizerSpec, register
 
@@ -291,7 +291,7 @@ class ALIGPlus(PolyakBase):
         elif gap.dtype != grad_sq_norm.dtype or gap.device != grad_sq_norm.device:
             gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
         self._polyak_update(groups, gap, grad_sq_norm, self.delta, keep, max_lr=lambda group: group["max_lr"])
-        self.global_state["step"] += 1
+        add_to_counter(self.global_state, "step")
         return batch.result()
 
     def _gather_pairs(self, losses: Tensor, index: Tensor, counts) -> tuple:
@@ -308,14 +308,16 @@ class ALIGPlus(PolyakBase):
         the branch-free skip mask of the tensor path (None: the step applies)."""
         state = self.global_state
         batch_sum = torch.as_tensor(scalars.loss_sum, dtype=tables["aov"].dtype, device=tables["aov"].device)
-        count = scalars.count if keep is None else keep.to(torch.int64) * scalars.count
+        count = scalars.count
+        count = int(count) if isinstance(count, float) else count.to(torch.int64)
         previous_sum = state["epoch_loss_sum"]
         running_sum = batch_sum if previous_sum is None else previous_sum + batch_sum
-        running_count = state["epoch_loss_count"] + (int(count) if isinstance(count, float) else count.to(torch.int64))
         if keep is not None:
+            count = keep.to(torch.int64) * count
             running_sum = torch.where(keep, running_sum, torch.zeros_like(running_sum) if previous_sum is None else previous_sum)
         state["epoch_loss_sum"] = running_sum
-        state["epoch_loss_count"] = running_count
+        add_to_counter(state, "epoch_loss_count", count)
+        running_count = state["epoch_loss_count"]
         if self.aov == "per_sample":
             if index.device != losses.device:
                 index = index.to(losses.device)
@@ -337,10 +339,14 @@ class ALIGPlus(PolyakBase):
         state = self.global_state
         finished = state["epoch"]
         tables = state["tables"]
-        if tables is not None and state["epoch_loss_count"] > 0:
-            epoch_mean = state["epoch_loss_sum"] / state["epoch_loss_count"]
-            self._record_epoch(tables, epoch_mean)
-        state["epoch_loss_sum"] = None
+        count, total = state["epoch_loss_count"], state["epoch_loss_sum"]
+        if tables is not None and isinstance(count, Tensor):
+            # the count of the tensor path: decide on the device (no host read)
+            self._record_epoch(tables, total / count.clamp(min=1), seen=count > 0)
+        elif tables is not None and count > 0:
+            self._record_epoch(tables, total / count)
+        # a zero tensor once the tables exist (a compiled step then keeps one graph)
+        state["epoch_loss_sum"] = None if total is None else torch.zeros_like(total)
         state["epoch_loss_count"] = 0
         section = (finished + 1) // self.section_length
         if (finished + 1) % self.section_length == 0 and section <= self.K:
@@ -354,16 +360,19 @@ class ALIGPlus(PolyakBase):
             state["aov_updates"] += 1
         state["epoch"] = finished + 1
 
-    def _record_epoch(self, tables: Dict[str, Tensor], epoch_mean: Tensor) -> None:
+    def _record_epoch(self, tables: Dict[str, Tensor], epoch_mean: Tensor, seen: Optional[Tensor] = None) -> None:
+        """``seen``: a 0-dim bool tensor, False when no loss was recorded this epoch."""
         # torch.where instead of an `if`: no device-to-host read once per epoch either.
         if self.loss_record == "best_epoch":
             better = epoch_mean < tables["best_epoch_mean_loss"]
+            if seen is not None:
+                better = better & seen
             tables["best_epoch_mean_loss"] = torch.where(better, epoch_mean, tables["best_epoch_mean_loss"])
             key = "best_loss_record" if self.aov == "per_sample" else "loss_record"
             source = tables["loss_record"] if self.aov == "per_sample" else epoch_mean
             tables[key] = torch.where(better, source, tables[key])
         elif self.aov != "per_sample":
-            tables["loss_record"] = epoch_mean.clone()
+            tables["loss_record"] = epoch_mean.clone() if seen is None else torch.where(seen, epoch_mean, tables["loss_record"])
 
     # ----------------------------------------------------------------- state
     def _tables(self, losses: Tensor) -> Dict[str, Tensor]:
@@ -418,7 +427,7 @@ class ALIGPlus(PolyakBase):
             # accepted as indices at all.
             index = index.long()
         if self.num_samples is not None:
-            if index.device.type == "cpu":
+            if self._on_host(index.device):
                 if index.numel():
                     low, high = torch.aminmax(index)   # one pass for both ends
                     low, high = int(low), int(high)
@@ -428,7 +437,8 @@ class ALIGPlus(PolyakBase):
                             f"got min {low}, max {high}; set num_samples=len(train_set)"
                         )
             else:
-                # On an accelerator a host check would stall the stream; assert on the device instead.
+                # On an accelerator (or in a compiled step) a host check would stall the stream
+                # (break the graph); assert on the device instead.
                 torch._assert_async(
                     ((index >= 0) & (index < self.num_samples)).all(),
                     f"{name}.step: index out of range [0, num_samples={self.num_samples})",

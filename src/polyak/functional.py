@@ -82,9 +82,10 @@ def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
             if acc != dtype:
                 bucket = [t.to(acc) for t in bucket]
             # sums of squares per tensor, then one sum: no sqrt-then-square round trip
-            if _FOREACH_POWSUM is not None:
+            # (dynamo cannot trace _foreach_powsum: compiled steps take the norms)
+            if _FOREACH_POWSUM is not None and not torch.compiler.is_compiling():
                 partials.append(torch.stack(_FOREACH_POWSUM(bucket, 2)).sum())
-            else:  # torch releases before _foreach_powsum
+            else:  # torch releases before _foreach_powsum, and compiled steps
                 partials.append(torch.stack(torch._foreach_norm(bucket, 2)).square().sum())
     else:
         for t in tensors:

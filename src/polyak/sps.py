@@ -49,7 +49,7 @@ from torch import Tensor
 
 from . import functional as F
 from .functional import Scalar
-from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_finite, check_int, check_positive
+from ._base import GLOBAL_STATE, PolyakBase, add_to_counter, check_choice, check_finite, check_int, check_positive
 from ._registry import OptimizerSpec, register
 
 SPS_MODES = ("constant", "smooth_iter")
@@ -215,7 +215,7 @@ class SPS(PolyakBase):
             self._record_step(group, scaled[0], scaled[1], clipped)
             F.alig_update_(params, [p.grad for p in params], None, scaled[0], weight_decay=group["weight_decay"],
                            foreach=self.foreach, keep=keep)
-        self.global_state["step"] += 1
+        add_to_counter(self.global_state, "step")
         return batch.result()
 
 
