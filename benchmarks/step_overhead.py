@@ -205,6 +205,10 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of the output files, e.g. 'h100'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # Every optimizer's step() is torch.optim's one wrapper function, so the compiled
+    # steps of all the optimizers here share one dynamo cache; past its default limit
+    # of 8 entries the later ones would silently run uncompiled.
+    torch._dynamo.config.recompile_limit = 64
     device = torch.device(args.device)
     results = {
         "device": machine(device),

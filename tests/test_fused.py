@@ -132,17 +132,94 @@ def test_mixed_dtypes_update_each_bucket():
     assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in ps)
 
 
-def test_reason_names_a_missing_compiler(monkeypatch):
+def _no_compiler():
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
-    reason = X.fused_unsupported_reason(torch.device("cpu"))
-    assert reason is not None and "compiler" in reason
-    with pytest.raises(RuntimeError, match="fused=True is not available here.*fused=False"):
-        X.check_fused_supported("ALIG", [torch.zeros(2)])
+    return inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)})
+
+
+def test_reason_names_a_missing_compiler():
+    with _no_compiler():
+        reason = X.fused_unsupported_reason(torch.device("cpu"))
+        assert reason is not None and "compiler" in reason
+        with pytest.raises(RuntimeError, match="fused=True is not available here.*fused=False"):
+            X.check_fused_supported("ALIG", [torch.zeros(2)])
+    assert X.fused_unsupported_reason(torch.device("cpu")) is None
     assert X.fused_unsupported_reason(torch.device("meta")) is not None
 
 
 def test_integer_parameters_are_refused():
     with pytest.raises(RuntimeError, match="floating-point parameters"):
         X.check_fused_supported("ALIG", [torch.zeros(2), torch.zeros(2, dtype=torch.int64)])
+
+
+# ------------------------------------------------------------- the optimizers
+import polyak  # noqa: E402
+from helpers import linear_classification_problem  # noqa: E402
+
+N_STEPS = 6
+OPTIMIZERS = {
+    "ALIG": (polyak.ALIG, dict(max_lr=0.5)),
+    "ALIG momentum, weight decay": (polyak.ALIG, dict(max_lr=0.5, momentum=0.9, weight_decay=1e-2)),
+    "ALIG adjusted momentum": (polyak.ALIG, dict(max_lr=0.5, momentum=0.9, adjusted_momentum=True)),
+    "ALIGPlus": (polyak.ALIGPlus, dict(max_lr=0.5, num_samples=8 * N_STEPS, epochs=2, K=1, weight_decay=1e-2)),
+    "SPS": (polyak.SPS, dict(c=0.5, n_batches_per_epoch=3)),
+}
+
+
+def _train(cls, kwargs, step=None, **options):
+    """N_STEPS steps on a linear classifier (float64 under the fixture); the parameters
+    and the step sizes."""
+    params, loss_fn, batches = linear_classification_problem(
+        seed=3, n_batches=N_STEPS, loss=lambda s, t: torch.nn.functional.cross_entropy(s, t, reduction="none"))
+    params = [p.requires_grad_(True) for p in params]
+    opt = cls(params, **kwargs, **options)
+    step = step(opt) if step is not None else opt.step
+    sizes = []
+    for i in batches:
+        losses = loss_fn(params, i)   # per sample
+        opt.zero_grad()
+        losses.mean().backward()
+        if cls is polyak.ALIGPlus:
+            step(loss=losses, index=torch.arange(8 * i, 8 * i + 8))
+        else:
+            step(loss=losses.mean())
+        sizes.append(float(opt.param_groups[0]["step_size"]))
+    return params, sizes, opt
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fused_optimizer_follows_the_foreach_trajectory(name):
+    cls, kwargs = OPTIMIZERS[name]
+    ref_params, ref_sizes, _ = _train(cls, kwargs)
+    params, sizes, opt = _train(cls, kwargs, fused=True)
+    assert opt.defaults["fused"] and all(g["fused"] for g in opt.param_groups)
+    assert opt.state_dict()["param_groups"][0]["fused"] is True
+    assert sizes == pytest.approx(ref_sizes, rel=1e-12, abs=0.0) and max(ref_sizes) > 0
+    _assert_close([p.detach() for p in params], [p.detach() for p in ref_params], torch.float64)
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_fused_step_compiles_whole():
+    # torch.compile(opt.step, fullgraph=True) inlines the fused update: one graph, no break,
+    # and the same trajectory as the eager foreach step.
+    cls, kwargs = OPTIMIZERS["ALIG momentum, weight decay"]
+    ref_params, ref_sizes, _ = _train(cls, kwargs)
+    params, sizes, _ = _train(cls, kwargs, step=lambda opt: torch.compile(opt.step, fullgraph=True), fused=True)
+    assert sizes == pytest.approx(ref_sizes, rel=1e-12, abs=0.0)
+    _assert_close([p.detach() for p in params], [p.detach() for p in ref_params], torch.float64)
+
+
+def test_fused_true_is_refused_where_it_cannot_compile():
+    w = torch.zeros(3, requires_grad=True)
+    with pytest.raises(TypeError, match="fused"):
+        polyak.ALIG([w], max_lr=0.1, fused="yes")
+    with _no_compiler():
+        for make in (lambda: polyak.ALIG([w], max_lr=0.1, fused=True), lambda: polyak.SPS([w], fused=True),
+                     lambda: polyak.ALIGPlus([w], max_lr=0.1, num_samples=4, epochs=5, fused=True)):
+            with pytest.raises(RuntimeError, match="fused=True is not available here"):
+                make()
+        # the default and fused=False never ask for the compiler
+        assert polyak.ALIG([w], max_lr=0.1).defaults["fused"] is False
+        assert polyak.SPS([w], fused=False).defaults["fused"] is False

@@ -96,6 +96,12 @@ def _compiled(update: Callable) -> Callable:
     return torch.compile(update, fullgraph=True, dynamic=False, options={"size_asserts": False})
 
 
+def _runnable(update: Callable) -> Callable:
+    # Inside torch.compile(opt.step) the plain function is traced into that graph,
+    # which fuses it (dynamo would only inline a compiled function called there).
+    return update if torch.compiler.is_compiling() else _compiled(update)
+
+
 # ----------------------------------------------------------------- support
 def fused_unsupported_reason(device: torch.device) -> Optional[str]:
     """None when a fused update can be compiled for ``device``, else why not."""
@@ -165,11 +171,11 @@ def fused_alig_update_(
         return
     with torch.no_grad():  # an update is never part of a graph, even when called outside step()
         if buffers is not None and momentum > 0:
-            update = _compiled(_adjusted_momentum_update if adjusted else _momentum_update)
+            update = _runnable(_adjusted_momentum_update if adjusted else _momentum_update)
             for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
                 update(ps, gs, bs, _as_step_tensor(step, device), float(momentum), float(weight_decay),
                        None if keep is None else keep.to(device))
         else:
-            update = _compiled(_plain_update)
+            update = _runnable(_plain_update)
             for (device, _), (ps, gs) in group_by_device_and_dtype(params, grads).items():
                 update(ps, gs, _as_step_tensor(step, device), float(weight_decay), None if keep is None else keep.to(device))
