@@ -54,6 +54,7 @@ from torch import Tensor
 from . import _distributed as D
 from . import functional as F
 from ._closure import ClosureError, ProbeClosure
+from ._fused import check_fused_supported
 from .functional import copy_all_, global_sq_norm
 
 GLOBAL_STATE = "global"
@@ -246,6 +247,8 @@ class PolyakBase(torch.optim.Optimizer):
     def _check_group(self, group: Dict[str, Any]) -> None:
         """Validate one param group (constructor and add_param_group); subclasses extend it."""
         _check_lr("lr (param group)", group["lr"])
+        if group.get("fused"):   # ALIG, ALIGPlus, SPS: refused here, as torch refuses fused=True it cannot honour
+            check_fused_supported(type(self).__name__, group["params"])
 
     def _setting(self, key: str) -> Any:
         """An optimizer-wide hyperparameter (the same in every group)."""
@@ -618,7 +621,7 @@ class PolyakBase(torch.optim.Optimizer):
             buffers = self._momentum_buffers(params) if momentum > 0 else None
             F.alig_update_(
                 params, [p.grad for p in params], buffers, step, momentum, group.get("weight_decay", 0.0),
-                adjusted=adjusted, foreach=self.foreach, keep=keep,
+                adjusted=adjusted, foreach=self.foreach, keep=keep, fused=group.get("fused", False),
             )
 
     def _fingerprint_settings(self) -> Any:

@@ -259,6 +259,7 @@ def alig_update_(
     adjusted: bool = False,
     foreach: bool = True,
     keep: Optional[Tensor] = None,
+    fused: bool = False,
 ) -> None:
     """The ALI-G update, shared by ALIG, ALIGPlus, DFW and SPS (momentum 0):
     ``p <- p - step*(g + weight_decay*p)`` (the decay uses the pre-step weights), then
@@ -267,8 +268,13 @@ def alig_update_(
     ``keep``: a 0-dim bool tensor (the branch-free skip of the tensor path): where it
     is False the parameters and buffers keep their old values exactly, even when the
     gradients or the step are NaN. Costs a copy; under torch.compile it fuses.
+    ``fused``: the same update as one compiled loop per tensor (:mod:`polyak._fused`).
     """
     if not params:
+        return
+    if fused:
+        from ._fused import fused_alig_update_   # here, not on top: _fused builds on this module
+        fused_alig_update_(params, grads, buffers, step, momentum, weight_decay, adjusted=adjusted, keep=keep)
         return
     protected = params + (buffers or [])
     saved = [t.clone() for t in protected] if keep is not None else None
