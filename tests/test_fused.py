@@ -223,3 +223,24 @@ def test_fused_true_is_refused_where_it_cannot_compile():
         # the default and fused=False never ask for the compiler
         assert polyak.ALIG([w], max_lr=0.1).defaults["fused"] is False
         assert polyak.SPS([w], fused=False).defaults["fused"] is False
+
+
+def test_the_updates_have_no_graph_break():
+    # torch.compile without fullgraph would silently split a broken update into pieces
+    ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
+    step, keep = torch.tensor(0.1, dtype=torch.float64), torch.tensor(True)
+    for update, args in ((X._plain_update, (ps, gs, step, 0.01, keep)),
+                         (X._momentum_update, (ps, gs, bs, step, 0.9, 0.01, keep)),
+                         (X._adjusted_momentum_update, (ps, gs, bs, step, 0.9, 0.0, None))):
+        explained = torch._dynamo.explain(update)(*args)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+@pytest.mark.slow   # nine compilations: about a minute on 2 shared cores
+def test_more_parameter_lists_than_dynamos_default_recompile_limit():
+    # 9 param groups of different shapes: 9 compiled versions (dynamo's default limit is 8,
+    # and under fullgraph=True the 9th raised FailOnRecompileLimitHit)
+    for n in range(1, 10):
+        p, g = [torch.ones(n, dtype=torch.float64)], [torch.ones(n, dtype=torch.float64)]
+        X.fused_alig_update_(p, g, None, 0.5)
+        assert torch.equal(p[0], torch.full((n,), 0.5, dtype=torch.float64))

@@ -18,9 +18,11 @@ steps, float32 to 4 ulps of each tensor's largest entry).
 
 Where no compiler works, :func:`fused_unsupported_reason` says why, and the
 optimizers refuse ``fused=True`` with that reason, as torch.optim does for a device
-its fused kernels do not cover. Past torch._dynamo's recompile limit (one compiled
-version per list of parameter shapes and dtypes), dynamo runs these same functions
-uncompiled: the result is unchanged, only slower, and dynamo warns.
+its fused kernels do not cover. Each list of parameter shapes and dtypes (a param
+group of a model) compiles once, in seconds; past 64 such lists in one process
+dynamo runs these same functions uncompiled: the result is unchanged, only slower,
+and dynamo warns. Each call costs about 0.1 ms of torch.compile's own bookkeeping,
+so fusing pays off from about a million parameters (benchmarks/step_overhead.py).
 """
 from __future__ import annotations
 
@@ -86,14 +88,17 @@ def _adjusted_momentum_update(
 
 @functools.lru_cache(maxsize=None)
 def _compiled(update: Callable) -> Callable:
-    # fullgraph: a graph break would leave the update in pieces, i.e. unfused.
+    # One compiled version per list of parameter shapes and dtypes (a param group, a
+    # model), up to recompile_limit; past it dynamo runs the function uncompiled (same
+    # result, slower, with a warning). Not fullgraph=True, which turns that limit into
+    # an error; the updates have no graph break (tests/test_fused.py checks).
     # dynamic=False: loops over known sizes; the size-generic code that dynamo
     # switches to on a second shape list measured 14% slower at 12M parameters
-    # (one more compilation per model is the price). Built on first use, so
-    # importing polyak never touches the compiler. size_asserts off: dynamo's guards
+    # (one more compilation per model is the price). size_asserts off: dynamo's guards
     # already check every size and stride; inductor's second check of each tensor
     # cost more than the whole update at 82K parameters (188 against 73 us a call).
-    return torch.compile(update, fullgraph=True, dynamic=False, options={"size_asserts": False})
+    # Built on first use, so importing polyak never touches the compiler.
+    return torch.compile(update, dynamic=False, recompile_limit=64, options={"size_asserts": False})
 
 
 def _runnable(update: Callable) -> Callable:
