@@ -5,7 +5,9 @@ record's `needs`, the constructor's run-dependent arguments from its `context`.
 """
 import copy
 import inspect
+import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -166,3 +168,165 @@ def test_nan_loss_leaves_parameters_bit_identical(spec):
     _feed(spec, opt, model, X, y, torch.arange(BATCH), corrupt=True)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+# ---------------------------------------------------------------- the policy (issue 7)
+# The line searches (and L4) adopt the lr multiplier in helper "linesearch"'s branch; until
+# that lands their lr key exists but does not scale the step.
+LR_NOT_YET_HONOURED = {"PAL", "SLS", "LABPAL", "L4"}
+
+
+def _one_epoch_copy(spec, copier):
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model)
+    _train(spec, opt, model, X, y, 1)
+    model_b, opt_b = copier((model, opt))
+    rng = torch.get_rng_state()
+    _train(spec, opt, model, X, y, 1, start_epoch=1)
+    torch.set_rng_state(rng)
+    _train(spec, opt_b, model_b, X, y, 1, start_epoch=1)
+    for a, b in zip(model.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_every_group_has_lr_and_a_step_lr_schedule_runs(spec):
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model)
+    assert all(group["lr"] == 1.0 for group in opt.param_groups)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=N_BATCHES, gamma=0.5)
+    for epoch in range(2):
+        order = torch.randperm(N_SAMPLES, generator=torch.Generator().manual_seed(epoch))
+        for b in range(N_BATCHES):
+            _feed(spec, opt, model, X, y, order[b * BATCH:(b + 1) * BATCH])
+            scheduler.step()
+        if "end_epoch" in spec.needs:
+            opt.end_epoch()
+    assert opt.param_groups[0]["lr"] == 0.25
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_lr_zero_freezes_the_parameters(spec, request):
+    if spec.factory.__name__ in LR_NOT_YET_HONOURED:
+        request.applymarker(pytest.mark.xfail(reason="lr adopted by the line searches in helper linesearch's branch"))
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model, lr=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    _train(spec, opt, model, X, y, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_unknown_group_key_is_refused(spec):
+    model = _model()
+    with pytest.raises(ValueError, match="no_such_key"):
+        spec.create([{"params": list(model.parameters()), "no_such_key": 1.0}], **_context(spec))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_add_param_group_runs_the_checks(spec):
+    model = _model()
+    opt = _build(spec, model)
+    extra = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [extra], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [extra]})
+    assert opt.param_groups[1]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_deepcopy_steps_identically(spec):
+    _one_epoch_copy(spec, copy.deepcopy)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_pickle_steps_identically(spec):
+    _one_epoch_copy(spec, lambda obj: pickle.loads(pickle.dumps(obj)))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_state_dict_loads_with_weights_only(spec):
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model)
+    _train(spec, opt, model, X, y, 1)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    _build(spec, model).load_state_dict(torch.load(buffer, weights_only=True))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_foreign_state_is_refused(spec):
+    # the state of the next registered optimizer of another class
+    other = next(s for s in SPECS[SPECS.index(spec) + 1:] + SPECS if s.factory is not spec.factory)
+    model = _model()
+    with pytest.raises(ValueError, match=other.factory.__name__):
+        _build(spec, model).load_state_dict(_build(other, model).state_dict())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_empty_batch_changes_nothing_or_raises(spec):
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model)
+    _train(spec, opt, model, X, y, 1)
+    before = copy.deepcopy(model.state_dict())
+    skipped = opt.skipped_steps
+    try:
+        _feed(spec, opt, model, X, y, torch.arange(0))
+    except (ValueError, polyak.NonFiniteError):
+        pass   # a clear error is the other documented answer
+    else:
+        assert opt.skipped_steps == skipped + 1
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+CLOSURE_SPECS = [s for s in SPECS if "probe_closure" in s.needs]
+
+
+def _same_state(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, z) for x, z in zip(a, b))
+    return a == b or (a != a and b != b)
+
+
+@pytest.mark.parametrize("spec", CLOSURE_SPECS, ids=[s.name for s in CLOSURE_SPECS])
+@pytest.mark.xfail(reason="a line search that re-raises restores its start point in helper linesearch's branch",
+                   strict=False)
+def test_raising_closure_restores_parameters_and_state(spec):
+    X, y = _data()
+    model = _model()
+    opt = _build(spec, model)
+    _train(spec, opt, model, X, y, 1)
+    for step in range(8):   # LABPAL re-evaluates only on some steps: raise at the first re-evaluation
+        params_before = copy.deepcopy(model.state_dict())
+        state_before = copy.deepcopy(opt.state_dict())
+        calls = []
+
+        def closure():
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("data loader died")
+            return nn.functional.cross_entropy(model(X[:BATCH]), y[:BATCH])
+
+        try:
+            opt.step(closure)
+        except RuntimeError as error:
+            assert "data loader died" in str(error)
+            break
+    else:
+        pytest.fail("no step re-evaluated its closure")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, params_before[name]), name
+    assert _same_state(opt.state_dict()["state"], state_before["state"])

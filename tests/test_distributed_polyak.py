@@ -13,12 +13,14 @@ DistributedSampler gives). The README usage is unchanged (``opt.step(loss=loss)`
 Two spawns of 2 processes (one DDP suite, one FSDP2 suite), each bounded by a timeout.
 """
 import math
+from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
 from polyak import ALIG, ALIGPlus, DFW, SPS
+from polyak._base import PolyakBase
 
 from dist_helpers import spawn  # tests/dist_helpers.py
 
@@ -141,6 +143,13 @@ def fsdp_suite(rank, world):
         if name == "alig-plus":
             out["tables"] = {k: v.clone() for k, v in opt.tables.items()}
         results[name] = out
+    # the tensor path (what accelerators run: no host read, branch-free skip) on DTensors
+    model = _model()
+    fully_shard(model, mesh=mesh)
+    opt = BUILD["alig"](model.parameters())
+    with mock.patch.object(PolyakBase, "_on_host", lambda self, device: False):
+        _train("alig", model, opt, rank, world)
+    results["alig-tensor-path"] = [p.full_tensor().detach().clone() for p in model.parameters()]
     # ALIG's L2 ball over sharded parameters: one global norm, not a per-shard one
     model = _model()
     fully_shard(model, mesh=mesh)
@@ -223,5 +232,55 @@ def test_fsdp2_equals_single_process_on_the_global_batch(fsdp, name):
             assert torch.allclose(fsdp[0][name]["tables"][key], table, rtol=0, atol=1e-6), key
 
 
+def test_fsdp2_tensor_path_takes_the_host_path_steps(fsdp):
+    for rank in (0, 1):
+        _assert_close(fsdp[rank]["alig-tensor-path"], fsdp[rank]["alig"]["params"], tol=1e-10)
+
+
 def test_fsdp2_projection_uses_the_global_norm(fsdp):
     assert fsdp[0]["ball"] == pytest.approx(1.0, abs=1e-12) and fsdp[1]["ball"] == fsdp[0]["ball"]
+
+
+# --------------------------------------------------- in-process rules (no spawn)
+class _Mesh:
+    def __init__(self, *sizes):
+        self.sizes = sizes
+
+    def size(self, dim=None):
+        return math.prod(self.sizes) if dim is None else self.sizes[dim]
+
+
+class _Sharded:
+    def __init__(self, mesh, *placements):
+        self.device_mesh, self.placements = mesh, placements
+
+
+def test_replication_factor_counts_only_the_replicated_mesh_dimensions():
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    from polyak._distributed import replication_factor
+
+    assert replication_factor(_Sharded(_Mesh(4), Shard(0)), 4) == 1                    # FSDP2
+    assert replication_factor(_Sharded(_Mesh(2, 3), Replicate(), Shard(0)), 6) == 2    # HSDP: 2 replicas of 3 shards
+    with pytest.raises(ValueError, match="Partial"):
+        replication_factor(_Sharded(_Mesh(2), Partial()), 2)
+    with pytest.raises(ValueError, match="process_group"):
+        replication_factor(_Sharded(_Mesh(2), Shard(0)), 4)
+
+
+def test_fingerprint_check_raises_only_when_ranks_differ():
+    from polyak._distributed import check_fingerprints, fingerprint
+
+    a, b = fingerprint([("max_lr", "0.1")]), fingerprint([("max_lr", "0.2")])
+    assert a != b and 1 <= a <= 2 ** 20
+    check_fingerprints(2 * a, 2 * a * a, 2, "ALIG")          # equal on both ranks
+    check_fingerprints(0.0, 0.0, 2, "ALIG")                  # not the first step
+    with pytest.raises(ValueError, match="different hyperparameters"):
+        check_fingerprints(a + b, a * a + b * b, 2, "ALIG")
+
+
+def test_nothing_is_reduced_without_torch_distributed():
+    from polyak._distributed import active_group
+
+    assert not torch.distributed.is_initialized()
+    assert active_group(None, False) is None

@@ -65,6 +65,19 @@ def test_fused_momentum_update_matches_foreach(dtype, weight_decay):
     _assert_close(fbs, bs, dtype)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_update_with_scaled_gradients_matches_foreach(momentum):
+    # GradScaler: the gradients are g / grad_factor; every gradient term takes step * grad_factor
+    (ps, bs), (fps, fbs) = _trajectories(
+        torch.float64,
+        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, momentum, 0.01, grad_factor=0.25),
+        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, momentum, 0.01, grad_factor=0.25),
+        with_buffers=True,
+    )
+    _assert_close(fps, ps, torch.float64)
+    _assert_close(fbs, bs, torch.float64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_adjusted_momentum_update_matches_foreach(dtype):
     (ps, bs), (fps, fbs) = _trajectories(
@@ -229,9 +242,10 @@ def test_the_updates_have_no_graph_break():
     # torch.compile without fullgraph would silently split a broken update into pieces
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
     step, keep = torch.tensor(0.1, dtype=torch.float64), torch.tensor(True)
-    for update, args in ((X._plain_update, (ps, gs, step, 0.01, keep)),
-                         (X._momentum_update, (ps, gs, bs, step, 0.9, 0.01, keep)),
-                         (X._adjusted_momentum_update, (ps, gs, bs, step, 0.9, 0.0, None))):
+    grad_step = torch.tensor(0.2, dtype=torch.float64)
+    for update, args in ((X._plain_update, (ps, gs, step, grad_step, 0.01, keep)),
+                         (X._momentum_update, (ps, gs, bs, step, grad_step, 0.9, 0.01, keep)),
+                         (X._adjusted_momentum_update, (ps, gs, bs, step, None, 0.9, 0.0, None))):
         explained = torch._dynamo.explain(update)(*args)
         assert explained.graph_count == 1 and explained.graph_break_count == 0
 

@@ -263,3 +263,20 @@ def test_empty_batch_raises_under_nonfinite_raise():
     f()
     with pytest.raises(NonFiniteError, match="empty"):
         opt.step(loss=torch.zeros(0), index=torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("build", [lambda ps: ALIG(ps, max_lr=0.1, lower_bound=0.7),
+                                   lambda ps: ALIGPlus(ps, max_lr=0.1, num_samples=4, epochs=5, lower_bound=0.7)])
+def test_a_float32_loss_equal_to_the_rounded_lower_bound_is_not_below_it(build):
+    # float32(0.7) < 0.7 in float64: the host path compares in the losses' dtype, as the tensor path does
+    w = torch.zeros(2, dtype=torch.float32, requires_grad=True)
+    w.grad = torch.ones(2, dtype=torch.float32)
+    opt = build([w])
+    losses = torch.full((4,), 0.7, dtype=torch.float32)
+    if isinstance(opt, ALIGPlus):
+        opt.step(loss=losses, index=torch.arange(4))
+    else:
+        opt.step(loss=losses[0])
+    with pytest.raises(ValueError, match="below lower_bound"):
+        opt.step(loss=torch.tensor(0.5, dtype=torch.float32)) if not isinstance(opt, ALIGPlus) else \
+            opt.step(loss=torch.tensor([0.8, 0.5, 0.9, 0.8], dtype=torch.float32), index=torch.arange(4))

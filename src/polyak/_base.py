@@ -17,6 +17,11 @@ Hyperparameter policy (torch.optim's conventions):
   LearningRateMonitor work. A decaying schedule re-introduces the step-size
   schedule that a Polyak step is meant to remove; warm-up is its common use.
   ``group["step_size"]`` is the effective step of the last step (lr included).
+  Schedulers that write other keys change other hyperparameters: torch's
+  ``OneCycleLR`` overwrites ``group["max_lr"]`` (ALIG's and ALIGPlus's clip) and
+  ``CyclicLR(cycle_momentum=True)`` cycles ``group["momentum"]``; use schedulers that
+  write ``lr`` only (LambdaLR, LinearLR, CosineAnnealingLR, SequentialLR), or
+  ``cycle_momentum=False``.
 
 Losses (one opening for every loss-driven step): ``step(loss=...)`` after backward;
 ``step(closure)`` with a torch-style closure (forward, backward, returns the loss, or
@@ -37,6 +42,13 @@ over the ranks (weighted by their sample counts), sharded gradient norms are sum
 over the shards, in one collective per step; ``process_group=`` chooses the group,
 ``loss_is_global=True`` says the loss handed over is already global.
 
+Mixed precision: with a GradScaler call ``scaler.step(opt, loss=loss)`` with the
+UNSCALED loss. ALIG, SPS and ALIGPlus declare torch's ``_step_supports_amp_scaling``:
+GradScaler then leaves the gradients scaled and the step folds 1/scale into its norm
+and update (one pass fewer, benchmarks/results/amp_unscale_pass.md) and skips on
+``found_inf``. Handing over the scaled loss (``scaler.scale(loss)``) multiplies the
+Polyak step by the scale; nothing can tell it from a large loss, so it is not detected.
+
 Optimizer-wide state (counters, ALI-G+ tables, line-search state machines) lives
 in ``self.state[GLOBAL_STATE]``: torch's ``state_dict()`` keeps non-parameter keys
 of ``self.state`` as they are, so it round-trips with everything else.
@@ -44,6 +56,7 @@ of ``self.state`` as they are, so it round-trips with everything else.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
@@ -137,9 +150,10 @@ def _same(a: Any, b: Any) -> bool:
 
 @dataclass
 class LossBatch:
-    """The loss of one step as handed over: ``values`` is 1-D, either the per-sample
-    losses (``per_sample``) or the k scalar losses of k hand-overs; the step reads
-    their mean. ``index``: the dataset indices of per-sample losses, or None."""
+    """The loss of one step as handed over: ``values`` holds the per-sample losses
+    (``per_sample``, 1-D), one scalar loss (0-dim), or the k scalar losses of k
+    hand-overs (1-D); the step reads their mean. ``index``: the dataset indices of
+    per-sample losses, or None."""
 
     values: Tensor
     index: Optional[Tensor]
@@ -148,9 +162,9 @@ class LossBatch:
 
     def result(self) -> Tensor:
         """What step() returns: the per-sample losses, or the (mean) scalar loss."""
-        if self.per_sample:
+        if self.per_sample or self.values.dim() == 0:
             return self.values
-        return self.values.reshape(()) if self.values.numel() == 1 else self.values.mean()
+        return self.values.mean()
 
 
 @dataclass
@@ -167,6 +181,8 @@ class StepScalars:
     below_bound: Any
     on_host: bool
     rank_counts: Optional[List[int]] = None
+    #: 1 / GradScaler's scale while the gradients are still scaled (see _amp_scale), else None
+    grad_factor: Any = None
 
 
 class PolyakBase(torch.optim.Optimizer):
@@ -189,6 +205,8 @@ class PolyakBase(torch.optim.Optimizer):
     mode_keys: FrozenSet[str] = frozenset()
     #: what step() reads from the loss; see LOSS_KINDS
     loss_kind: str = "scalar"
+    #: torch's GradScaler protocol: True where step() folds 1/scale in (see _amp_scale)
+    _step_supports_amp_scaling: bool = False
 
     def __init__(
         self, params, defaults: Dict[str, Any], *, lr: float = 1.0, nonfinite: str = "skip", foreach: bool = True,
@@ -422,7 +440,8 @@ class PolyakBase(torch.optim.Optimizer):
             raise TypeError(f"{name}: loss must be a tensor or a number, got {type(loss).__name__}")
         if not isinstance(loss, Tensor):
             loss = torch.tensor(float(loss), dtype=torch.float64)
-        loss = loss.detach()
+        if loss.requires_grad:
+            loss = loss.detach()
         if not loss.is_floating_point():
             loss = loss.to(torch.float32)
         kind = self.loss_kind
@@ -439,7 +458,8 @@ class PolyakBase(torch.optim.Optimizer):
                     "reduce it with .mean() first"
                     + (" (per-sample losses need index=)" if kind == "either" and loss.dim() == 1 else "")
                 )
-            loss = loss.reshape(1)
+            if loss.dim() != 0:
+                loss = loss.reshape(())
         index = self._check_index(index, loss, per_sample)
         return LossBatch(loss, index, per_sample)
 
@@ -489,7 +509,8 @@ class PolyakBase(torch.optim.Optimizer):
         pending, self._pending = self._pending, []
         if len(pending) == 1:
             return pending[0]
-        values = torch.cat([b.values.to(pending[0].values.device) for b in pending])
+        join = torch.cat if pending[0].per_sample else torch.stack   # scalar hand-overs are 0-dim
+        values = join([b.values.to(pending[0].values.device) for b in pending])
         index = None if pending[0].index is None else torch.cat([b.index.to(pending[0].index.device) for b in pending])
         return LossBatch(values, index, pending[0].per_sample)
 
@@ -507,8 +528,7 @@ class PolyakBase(torch.optim.Optimizer):
     def _begin_loss_step(self, closure, loss) -> Tuple[Tensor, List[List[Tensor]], List[Tensor]]:
         """For L4: ``(mean loss as a 0-dim tensor, params per group, grads)``."""
         batch, groups, grads = self._open_step(closure, loss)
-        values = batch.values
-        return (values[0] if values.numel() == 1 else values.mean()), groups, grads
+        return batch.result(), groups, grads
 
     # ------------------------------------------------- the step's one exchange
     def _on_host(self, device: torch.device) -> bool:
@@ -530,29 +550,44 @@ class PolyakBase(torch.optim.Optimizer):
         ``rank_counts``: also exchange every rank's sample count (ALIGPlus gathers its
         per-sample losses with them)."""
         loss_is_global = self._setting("loss_is_global")
-        # A global loss needs no reduction; sharded gradient norms still do.
-        needs_group = not loss_is_global or any(D.is_sharded(g) for g in grads)
-        group = D.active_group(self._process_group, False) if needs_group else None
-        plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
+        group = D.active_group(self._process_group, False)
+        if group is None:   # no DTensor without torch.distributed: skip the sharding checks
+            plain, sharded = global_sq_norm(grads, foreach=self.foreach), None
+        else:
+            plain, sharded = D.sharded_sq_norm_partial(grads, group, foreach=self.foreach)
+            if loss_is_global and sharded is None:
+                group = None   # a global loss and replicated gradients: nothing to reduce
         values = batch.values
         count = float(values.numel())
         device = (plain if plain is not None else sharded).device
+        inv_scale, found_inf = self._amp_scale()
+        if inv_scale is not None:   # GradScaler's gradients are scale * g: ||g||^2 = ||scale g||^2 / scale^2
+            factor = (inv_scale * inv_scale).to(device)
+            plain = None if plain is None else plain * factor.to(plain.dtype)
+            sharded = None if sharded is None else sharded * factor.to(sharded.dtype)
         if group is None:
             if self._on_host(device):
                 if count == 1:
-                    loss_sum = values.item()
-                else:  # k hand-overs: their mean in float64
-                    loss_sum = values.sum(dtype=torch.float64).item() if count else 0.0
+                    loss_sum = low = values.item()
+                elif count:  # per-sample losses or k hand-overs: both ends for the guard, one read
+                    ends = torch.aminmax(values)
+                    low, high, loss_sum = torch.stack([ends.min, ends.max, values.sum()]).tolist()
+                    loss_sum = loss_sum if math.isfinite(high) else high   # NaN/inf anywhere: not finite
+                else:
+                    loss_sum = low = 0.0
                 gsq = plain.item()
-                finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
-                below = False
-                if finite and lower_bound is not None:
-                    below = loss_sum < lower_bound if count == 1 else bool((values < lower_bound).any())
-                return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True)
+                finite = count > 0 and math.isfinite(loss_sum) and math.isfinite(low) and math.isfinite(gsq)
+                finite = finite and (found_inf is None or found_inf.item() == 0)
+                below = finite and lower_bound is not None and low < _rounded(lower_bound, values.dtype)
+                return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below, True,
+                                   grad_factor=None if inv_scale is None else inv_scale.item())
             loss_sum = values.sum()
             finite = torch.isfinite(loss_sum) & torch.isfinite(plain) & (count > 0)
+            if found_inf is not None:
+                finite = finite & (found_inf.to(device) == 0).reshape(())
             below = (values < lower_bound).any() if lower_bound is not None else torch.zeros((), dtype=torch.bool, device=device)
-            return StepScalars(loss_sum / max(count, 1.0) if count else loss_sum * math.nan, loss_sum, plain, finite, count, below, False)
+            return StepScalars(loss_sum / max(count, 1.0) if count else loss_sum * math.nan, loss_sum, plain, finite, count,
+                               below, False, grad_factor=None if inv_scale is None else inv_scale.to(device).reshape(()))
 
         world = D.group_size(group)
         dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -566,7 +601,8 @@ class PolyakBase(torch.optim.Optimizer):
             values.sum(dtype=dtype).to(device) if contributes else zero,
             head[0],
             zero if sharded is None else sharded.to(device, dtype),
-            zero if plain is None else (~torch.isfinite(plain)).to(dtype),
+            (zero if plain is None else (~torch.isfinite(plain)).to(dtype))
+            + (0.0 if found_inf is None else found_inf.to(device, dtype).reshape(())),
             (values < lower_bound).sum().to(device, dtype) if lower_bound is not None and contributes else zero,
             head[1], head[2],
         ]
@@ -583,14 +619,26 @@ class PolyakBase(torch.optim.Optimizer):
             counts = [int(c) for c in reduced[7:]] if rank_counts else None
             gsq = plain.item() + sharded_sum
             finite = count > 0 and flag == 0 and math.isfinite(loss_sum) and math.isfinite(gsq)
-            return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below > 0, True, counts)
+            return StepScalars(loss_sum / count if count else math.nan, loss_sum, gsq, finite, count, below > 0, True, counts,
+                               None if inv_scale is None else inv_scale.item())
         if fp:  # the first step reads the fingerprints back: once per run
             D.check_fingerprints(*packed[5:7].tolist(), world, type(self).__name__)
         counts = [int(c) for c in packed[7:].tolist()] if rank_counts else None
         loss_sum, count, sharded_sum, flag, below = packed[:5].unbind()
         gsq = plain.to(dtype) + sharded_sum
         finite = (count > 0) & (flag == 0) & torch.isfinite(loss_sum) & torch.isfinite(gsq)
-        return StepScalars(loss_sum / count, loss_sum, gsq, finite, count, below > 0, False, counts)
+        return StepScalars(loss_sum / count, loss_sum, gsq, finite, count, below > 0, False, counts,
+                           None if inv_scale is None else inv_scale.to(device).reshape(()))
+
+    def _amp_scale(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(1 / scale, found_inf)`` while GradScaler.step runs this step under torch's
+        ``_step_supports_amp_scaling`` protocol (it sets ``grad_scale`` and ``found_inf``
+        on the optimizer): the gradients are still scaled, and the step folds 1/scale
+        into its norm and its update instead of a separate unscale pass. ``grad_scale``
+        is None after a user's ``scaler.unscale_(opt)`` (gradients already unscaled)."""
+        scale = self.__dict__.get("grad_scale")
+        found_inf = self.__dict__.get("found_inf")
+        return (None if scale is None else scale.double().reciprocal()), found_inf
 
     def _global_sq_norm(self, tensors: List[Tensor]) -> Tensor:
         """||x||^2 over ``tensors`` (parameters: ALI-G's ball), summed over the shards of
@@ -604,7 +652,7 @@ class PolyakBase(torch.optim.Optimizer):
 
     def _polyak_update(
         self, groups: List[List[Tensor]], gap, grad_sq_norm, delta: float, keep: Optional[Tensor], *,
-        max_lr: Callable[[Dict[str, Any]], Optional[float]], adjusted: bool = False,
+        max_lr: Callable[[Dict[str, Any]], Optional[float]], adjusted: bool = False, grad_factor=None,
     ) -> None:
         """The update of the ALI-G family, group by group: the clipped Polyak step with
         the group's ``max_lr``, times the group's ``lr`` (after the clip), through
@@ -621,7 +669,8 @@ class PolyakBase(torch.optim.Optimizer):
             buffers = self._momentum_buffers(params) if momentum > 0 else None
             F.alig_update_(
                 params, [p.grad for p in params], buffers, step, momentum, group.get("weight_decay", 0.0),
-                adjusted=adjusted, foreach=self.foreach, keep=keep, fused=group.get("fused", False),
+                adjusted=adjusted, foreach=self.foreach, keep=keep, grad_factor=grad_factor,
+                fused=group.get("fused", False),
             )
 
     def _fingerprint_settings(self) -> Any:
@@ -750,6 +799,13 @@ def add_to_counter(container: Dict[str, Any], key: str, amount: Any = 1) -> None
         container[key] = torch.as_tensor(value) + amount
     else:
         container[key] = value + amount
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``: comparing a loss read back from that dtype with it
+    gives the answer of the tensor comparison ``losses < value`` (made in the losses' dtype)."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _check_lr(name: str, value: Any) -> None:

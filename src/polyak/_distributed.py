@@ -28,7 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "active_group", "group_size", "group_rank", "all_reduce_sum_", "all_reduce_mean", "all_gather_rows",
-    "is_sharded", "local_part", "replication_factor", "sharded_partial", "sharded_sq_norm_partial",
+    "is_sharded", "local_part", "replication_factor", "sharded_sq_norm_partial",
     "sharded_dot_partial", "fingerprint", "check_fingerprints",
 ]
 
@@ -114,10 +114,11 @@ def local_part(t: Tensor) -> Tensor:
     return t.to_local() if _DTENSOR is not None and isinstance(t, _DTENSOR) else t
 
 
-def replication_factor(t: Tensor, group: Any) -> int:
-    """How many ranks of ``group`` hold the same shard of the DTensor ``t``: the product
-    of its mesh sizes over ``Replicate`` dimensions. Refuses partial placements (a
-    gradient that still waits for its reduction) and a mesh that is not the group."""
+def replication_factor(t: Tensor, world_size: int) -> int:
+    """How many of the ``world_size`` ranks of the optimizer's group hold the same shard
+    of the DTensor ``t``: the product of its mesh sizes over ``Replicate`` dimensions
+    (HSDP's replica dimension; 1 under FSDP2). Refuses partial placements (a gradient
+    that still waits for its reduction) and a mesh that is not the group."""
     mesh = t.device_mesh
     factor = 1
     for dim, placement in enumerate(t.placements):
@@ -128,25 +129,12 @@ def replication_factor(t: Tensor, group: Any) -> int:
             )
         if placement.is_replicate():
             factor *= mesh.size(dim)
-    if mesh.size() != group_size(group):
+    if mesh.size() != world_size:
         raise ValueError(
-            f"the DTensor mesh has {mesh.size()} ranks but the optimizer's process group has {group_size(group)}; "
+            f"the DTensor mesh has {mesh.size()} ranks but the optimizer's process group has {world_size}; "
             "pass process_group= the group that spans the whole mesh"
         )
     return factor
-
-
-def sharded_partial(partials: List[Tensor], tensors: Sequence[Tensor], group: Any) -> Optional[Tensor]:
-    """Sum of per-tensor partial values of the sharded tensors among ``tensors``, each
-    divided by its replication factor: summed over every rank of ``group`` (one
-    all-reduce) it is the global value. None when no tensor is sharded."""
-    total = None
-    for value, t in zip(partials, tensors):
-        if not is_sharded(t):
-            continue
-        value = value / replication_factor(t, group)
-        total = value if total is None else total + value.to(total.device)
-    return total
 
 
 def _split(tensors: Sequence[Tensor]) -> Tuple[List[int], List[int]]:
@@ -173,7 +161,7 @@ def sharded_sq_norm_partial(tensors: Sequence[Tensor], group: Any, foreach: bool
         # ranks holding the same shard are grouped so that one division per factor suffices
         by_factor = {}
         for i in sharded_ids:
-            by_factor.setdefault(replication_factor(tensors[i], group), []).append(local_part(tensors[i]))
+            by_factor.setdefault(replication_factor(tensors[i], group_size(group)), []).append(local_part(tensors[i]))
         for factor, locals_ in by_factor.items():
             part = global_sq_norm(locals_, foreach=foreach) / factor
             sharded = part if sharded is None else sharded + part
@@ -186,10 +174,12 @@ def sharded_dot_partial(xs: Sequence[Tensor], ys: Sequence[Tensor], group: Any, 
     from .functional import global_dot
 
     plain_ids, sharded_ids = _split(xs)
+    if sharded_ids and group is None:
+        raise ValueError("sharded (DTensor) tensors need torch.distributed initialised with more than one rank")
     plain = global_dot([xs[i] for i in plain_ids], [ys[i] for i in plain_ids], foreach=foreach) if plain_ids else None
     sharded = None
     for i in sharded_ids:
-        part = global_dot([local_part(xs[i])], [local_part(ys[i])], foreach=foreach) / replication_factor(xs[i], group)
+        part = global_dot([local_part(xs[i])], [local_part(ys[i])], foreach=foreach) / replication_factor(xs[i], group_size(group))
         sharded = part if sharded is None else sharded + part
     return plain, sharded
 

@@ -27,7 +27,7 @@ so fusing pays off from about a million parameters (benchmarks/step_overhead.py)
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -51,20 +51,21 @@ def _kept(keep: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
 
 
 def _plain_update(
-    params: List[Tensor], grads: List[Tensor], step: Tensor, weight_decay: float, keep: Optional[Tensor]
+    params: List[Tensor], grads: List[Tensor], step: Tensor, grad_step: Optional[Tensor], weight_decay: float,
+    keep: Optional[Tensor],
 ) -> None:
-    # p <- p (1 - step wd) - step g
-    neg_step = -step
+    # p <- p (1 - step wd) - grad_step g
+    neg_step = -(step if grad_step is None else grad_step)
     for p, g in zip(params, grads):
         p.copy_(_kept(keep, _decayed(p, step, weight_decay) + g * neg_step, p))
 
 
 def _momentum_update(
-    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float,
-    weight_decay: float, keep: Optional[Tensor],
+    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, grad_step: Optional[Tensor],
+    momentum: float, weight_decay: float, keep: Optional[Tensor],
 ) -> None:
-    # w <- w - step g; b <- mu b - step g; w <- w + mu b (after the decay)
-    neg_step = -step
+    # w <- w - grad_step g; b <- mu b - grad_step g; w <- w + mu b (after the decay)
+    neg_step = -(step if grad_step is None else grad_step)
     for p, g, b in zip(params, grads, buffers):
         new_b = b * momentum + g * neg_step
         new_p = (_decayed(p, step, weight_decay) + g * neg_step) + new_b * momentum
@@ -73,10 +74,11 @@ def _momentum_update(
 
 
 def _adjusted_momentum_update(
-    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, momentum: float,
-    weight_decay: float, keep: Optional[Tensor],
+    params: List[Tensor], grads: List[Tensor], buffers: List[Tensor], step: Tensor, grad_step: Optional[Tensor],
+    momentum: float, weight_decay: float, keep: Optional[Tensor],
 ) -> None:
-    # b <- mu b - g; w <- w - step g + step mu b (TensorFlow's Nesterov form, after the decay)
+    # b <- mu b - g; w <- w - step g + step mu b (TensorFlow's Nesterov form, after the decay);
+    # raw gradients only (grad_step is None: functional.alig_update_ refuses a grad_factor here)
     neg_step = -step
     buffer_scale = step * momentum
     for p, g, b in zip(params, grads, buffers):
@@ -155,6 +157,13 @@ def _as_step_tensor(step: Scalar, device: torch.device) -> Tensor:
     return torch.tensor(step, dtype=torch.float64, device=device)
 
 
+def _step_tensors(step: Scalar, grad_step: Scalar, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
+    # The decay's step and the gradients' step, None when they are the same number: one
+    # tensor passed twice makes dynamo guard on the aliasing, and its recompilation report
+    # then fails (IndexError) on a later call with shorter lists.
+    return _as_step_tensor(step, device), None if grad_step is step else _as_step_tensor(grad_step, device)
+
+
 def fused_alig_update_(
     params: List[Tensor],
     grads: List[Tensor],
@@ -164,23 +173,26 @@ def fused_alig_update_(
     weight_decay: float = 0.0,
     adjusted: bool = False,
     keep: Optional[Tensor] = None,
+    grad_factor: Optional[Scalar] = None,
 ) -> None:
     """:func:`polyak.functional.alig_update_` in one pass per tensor (same arguments,
-    less ``foreach``): ``p <- p - step*(g + weight_decay*p)``, then the reference
-    momentum (or its adjusted form) when ``buffers`` are given and ``momentum > 0``.
+    less ``foreach``): ``p <- p - step*(g*grad_factor + weight_decay*p)``, then the
+    reference momentum (or its adjusted form) when ``buffers`` are given and ``momentum > 0``.
 
-    ``step``: a float or a 0-dim tensor (never read back to the host). ``keep``: the
-    branch-free skip, a 0-dim bool tensor; False leaves every tensor as it was.
+    ``step``, ``grad_factor``: floats or 0-dim tensors (never read back to the host).
+    ``keep``: the branch-free skip, a 0-dim bool tensor; False leaves every tensor as it was.
     """
     if not params:
         return
+    grad_step = step if grad_factor is None else step * grad_factor
     with torch.no_grad():  # an update is never part of a graph, even when called outside step()
         if buffers is not None and momentum > 0:
             update = _runnable(_adjusted_momentum_update if adjusted else _momentum_update)
             for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
-                update(ps, gs, bs, _as_step_tensor(step, device), float(momentum), float(weight_decay),
+                update(ps, gs, bs, *_step_tensors(step, grad_step, device), float(momentum), float(weight_decay),
                        None if keep is None else keep.to(device))
         else:
             update = _runnable(_plain_update)
             for (device, _), (ps, gs) in group_by_device_and_dtype(params, grads).items():
-                update(ps, gs, _as_step_tensor(step, device), float(weight_decay), None if keep is None else keep.to(device))
+                update(ps, gs, *_step_tensors(step, grad_step, device), float(weight_decay),
+                       None if keep is None else keep.to(device))

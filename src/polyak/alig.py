@@ -120,7 +120,15 @@ class ALIG(PolyakBase):
     max_norm = property(lambda self: self._setting("max_norm"), doc="radius of the L2 ball, or None")
     adjusted_momentum = property(lambda self: self._setting("adjusted_momentum"))
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # GradScaler folds its unscale into the step, except for the adjusted momentum,
+        # whose buffer holds raw gradients (then GradScaler unscales them first)
+        return not self.adjusted_momentum
+
     def _project(self) -> None:
+        if self.max_norm is None and self.projection is None:
+            return
         params = self._all_params()
         F.apply_projection_(params, self.max_norm, self.projection, foreach=self.foreach,
                             sq_norm=lambda: self._global_sq_norm(params))
@@ -140,7 +148,7 @@ class ALIG(PolyakBase):
         keep = self._keep_mask(scalars)
         self._polyak_update(
             groups, scalars.loss_mean - lower_bound, scalars.grad_sq_norm, self.delta, keep,
-            max_lr=lambda group: group["max_lr"], adjusted=self.adjusted_momentum,
+            max_lr=lambda group: group["max_lr"], adjusted=self.adjusted_momentum, grad_factor=scalars.grad_factor,
         )
         self._project()
         add_to_counter(self.global_state, "step")

@@ -137,6 +137,7 @@ class ALIGPlus(PolyakBase):
 
     group_keys = frozenset({"max_lr", "momentum", "weight_decay"})
     mode_keys = frozenset({"aov", "loss_record"})
+    _step_supports_amp_scaling = True   # see PolyakBase._amp_scale
 
     def __init__(
         self,
@@ -298,7 +299,8 @@ class ALIGPlus(PolyakBase):
             gap = gap.item()
         elif gap.dtype != grad_sq_norm.dtype or gap.device != grad_sq_norm.device:
             gap = gap.to(grad_sq_norm.device, grad_sq_norm.dtype)
-        self._polyak_update(groups, gap, grad_sq_norm, self.delta, keep, max_lr=lambda group: group["max_lr"])
+        self._polyak_update(groups, gap, grad_sq_norm, self.delta, keep, max_lr=lambda group: group["max_lr"],
+                            grad_factor=scalars.grad_factor)
         add_to_counter(self.global_state, "step")
         return batch.result()
 

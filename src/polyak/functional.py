@@ -29,7 +29,6 @@ __all__ = [
     "sgd_step_",
     "alig_momentum_step_",
     "alig_update_",
-    "keep_where_",
     "project_l2_ball_",
     "copy_all_",
     "decoupled_weight_decay_",
@@ -259,38 +258,83 @@ def alig_update_(
     adjusted: bool = False,
     foreach: bool = True,
     keep: Optional[Tensor] = None,
+    grad_factor: Optional[Scalar] = None,
     fused: bool = False,
 ) -> None:
     """The ALI-G update, shared by ALIG, ALIGPlus, DFW and SPS (momentum 0):
     ``p <- p - step*(g + weight_decay*p)`` (the decay uses the pre-step weights), then
     the reference momentum of :func:`alig_momentum_step_` when ``buffers`` are given.
 
+    ``grad_factor``: the gradients are ``g / grad_factor`` (GradScaler's scaled
+    gradients): every gradient term takes ``step * grad_factor`` (not with
+    ``adjusted``, whose buffer accumulates raw gradients).
+
     ``keep``: a 0-dim bool tensor (the branch-free skip of the tensor path): where it
     is False the parameters and buffers keep their old values exactly, even when the
-    gradients or the step are NaN. Costs a copy; under torch.compile it fuses.
+    gradients or the step are NaN (see :func:`_masked_alig_update_`).
+
     ``fused``: the same update as one compiled loop per tensor (:mod:`polyak._fused`).
     """
     if not params:
         return
+    if adjusted and grad_factor is not None and buffers is not None and momentum > 0:
+        raise ValueError("adjusted momentum accumulates raw gradients: it cannot take scaled ones")
     if fused:
         from ._fused import fused_alig_update_   # here, not on top: _fused builds on this module
-        fused_alig_update_(params, grads, buffers, step, momentum, weight_decay, adjusted=adjusted, keep=keep)
+        fused_alig_update_(params, grads, buffers, step, momentum, weight_decay, adjusted, keep, grad_factor)
         return
-    protected = params + (buffers or [])
-    saved = [t.clone() for t in protected] if keep is not None else None
+    grad_step = step if grad_factor is None else step * grad_factor
+    if keep is not None:
+        _masked_alig_update_(params, grads, buffers, step, grad_step, momentum, weight_decay, adjusted, foreach, keep)
+        return
     decoupled_weight_decay_(params, step, weight_decay, foreach=foreach)
     if buffers is not None and momentum > 0:
-        alig_momentum_step_(params, grads, buffers, step, momentum, adjusted=adjusted, foreach=foreach)
+        alig_momentum_step_(params, grads, buffers, grad_step, momentum, adjusted=adjusted, foreach=foreach)
     else:
-        sgd_step_(params, grads, step, foreach=foreach)
-    if saved is not None:
-        keep_where_(keep, protected, saved)
+        sgd_step_(params, grads, grad_step, foreach=foreach)
 
 
-def keep_where_(keep: Tensor, tensors: List[Tensor], old: List[Tensor]) -> None:
-    """t <- t where ``keep`` else old, for every pair (``keep`` a 0-dim bool tensor)."""
-    for t, o in zip(tensors, old):
-        t.copy_(torch.where(keep.to(t.device), t, o))
+def _masked_alig_update_(params, grads, buffers, step, grad_step, momentum, weight_decay, adjusted, foreach, keep) -> None:
+    """:func:`alig_update_` that changes nothing where ``keep`` is False, without a copy of
+    the state: the step is 0, the gradients are read as 0 (so a NaN gradient cannot leak
+    through 0 * NaN), the buffers decay by 1 and the momentum term on the parameters is
+    0, so every parameter and buffer keeps its value exactly. One extra pass (the masked
+    gradients) over the unmasked tensor path; torch.compile fuses it into the update."""
+    zero = torch.zeros((), dtype=torch.as_tensor(step).dtype, device=keep.device)
+    step = torch.where(keep, torch.as_tensor(step, device=keep.device), zero)
+    grad_step = torch.where(keep, torch.as_tensor(grad_step, device=keep.device), zero)
+    grads = [torch.where(keep.to(g.device), g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in grads]
+    decoupled_weight_decay_(params, step, weight_decay, foreach=foreach)   # factor 1 - 0 * lambda = 1
+    if buffers is None or momentum == 0:
+        sgd_step_(params, grads, grad_step, foreach=foreach)
+        return
+    buffer_decay = torch.where(keep, torch.full_like(zero, momentum), torch.ones_like(zero))
+    param_momentum = torch.where(keep, torch.full_like(zero, momentum), zero)
+    for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
+        s, decay, mu = grad_step.to(device), buffer_decay.to(device), param_momentum.to(device)
+        if not foreach:
+            for p, g, b in zip(ps, gs, bs):
+                if adjusted:
+                    b.mul_(decay).sub_(g)
+                    p.sub_(g * s)
+                    p.add_(b * (s * mu))
+                else:
+                    update = g * s
+                    p.sub_(update)
+                    b.mul_(decay).sub_(update)
+                    p.add_(b * mu)
+            continue
+        if adjusted:   # b <- mu b - g;  p <- p - s g + s mu b
+            torch._foreach_mul_(bs, decay)
+            torch._foreach_sub_(bs, gs)
+            torch._foreach_sub_(ps, _scaled(gs, s))
+            torch._foreach_add_(ps, _scaled(bs, s * mu))
+        else:          # p <- p - s g;  b <- mu b - s g;  p <- p + mu b
+            update = _scaled(gs, s)
+            torch._foreach_sub_(ps, update)
+            torch._foreach_mul_(bs, decay)
+            torch._foreach_sub_(bs, update)
+            torch._foreach_add_(ps, _scaled(bs, mu))
 
 
 def project_l2_ball_(

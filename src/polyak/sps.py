@@ -103,6 +103,7 @@ class SPS(PolyakBase):
 
     group_keys = frozenset({"weight_decay"})
     mode_keys = frozenset({"mode"})
+    _step_supports_amp_scaling = True   # see PolyakBase._amp_scale
 
     def __init__(
         self,
@@ -221,7 +222,8 @@ class SPS(PolyakBase):
             scaled = (step, unclipped) if isinstance(lr, (int, float)) and lr == 1.0 else (step * lr, unclipped * lr)
             self._record_step(group, scaled[0], scaled[1], clipped)
             F.alig_update_(params, [p.grad for p in params], None, scaled[0], weight_decay=group["weight_decay"],
-                           foreach=self.foreach, keep=keep, fused=group["fused"])
+                           foreach=self.foreach, keep=keep, grad_factor=scalars.grad_factor,
+                           fused=group["fused"])
         add_to_counter(self.global_state, "step")
         return batch.result()
 
