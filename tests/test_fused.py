@@ -198,15 +198,15 @@ def _train(cls, kwargs, step=None, **options):
         else:
             step(loss=losses.mean())
         sizes.append(float(opt.param_groups[0]["step_size"]))
-    return params, sizes, opt
+    return params, sizes, opt, step
 
 
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fused_optimizer_follows_the_foreach_trajectory(name):
     cls, kwargs = OPTIMIZERS[name]
-    ref_params, ref_sizes, _ = _train(cls, kwargs)
-    params, sizes, opt = _train(cls, kwargs, fused=True)
+    ref_params, ref_sizes, _, _ = _train(cls, kwargs)
+    params, sizes, opt, _ = _train(cls, kwargs, fused=True)
     assert opt.defaults["fused"] and all(g["fused"] for g in opt.param_groups)
     assert opt.state_dict()["param_groups"][0]["fused"] is True
     assert sizes == pytest.approx(ref_sizes, rel=1e-12, abs=0.0) and max(ref_sizes) > 0
@@ -216,12 +216,17 @@ def test_fused_optimizer_follows_the_foreach_trajectory(name):
 @pytest.mark.usefixtures("float64")
 def test_a_fused_step_compiles_whole():
     # torch.compile(opt.step, fullgraph=True) inlines the fused update: one graph, no break,
-    # and the same trajectory as the eager foreach step.
+    # the same trajectory as the eager foreach step, and the branch-free skip of a compiled
+    # (tensor-path) step leaves a NaN step without a trace.
     cls, kwargs = OPTIMIZERS["ALIG momentum, weight decay"]
-    ref_params, ref_sizes, _ = _train(cls, kwargs)
-    params, sizes, _ = _train(cls, kwargs, step=lambda opt: torch.compile(opt.step, fullgraph=True), fused=True)
+    ref_params, ref_sizes, _, _ = _train(cls, kwargs)
+    params, sizes, opt, step = _train(cls, kwargs, step=lambda opt: torch.compile(opt.step, fullgraph=True), fused=True)
     assert sizes == pytest.approx(ref_sizes, rel=1e-12, abs=0.0)
     _assert_close([p.detach() for p in params], [p.detach() for p in ref_params], torch.float64)
+    state = [t.clone() for t in params] + [opt.state[p]["momentum_buffer"].clone() for p in params]
+    step(loss=torch.tensor(float("nan")))
+    after = [t.detach() for t in params] + [opt.state[p]["momentum_buffer"] for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(after, state)) and opt.skipped_steps == 1
 
 
 def test_fused_true_is_refused_where_it_cannot_compile():
