@@ -106,6 +106,11 @@ def ddp_suite(rank, world):
     results["alig-global-loss"] = _snapshot("alig", model.module, opt,
                                             _train("alig", model, opt, rank, world, hand_reduced=True))
 
+    # an explicit process_group (a group of both ranks): the same run as the default group
+    model = DDP(_model())
+    opt = BUILD["sps"](model.module.parameters(), process_group=torch.distributed.new_group([0, 1]))
+    results["sps-process-group"] = _snapshot("sps", model.module, opt, _train("sps", model, opt, rank, world))
+
     # a NaN loss on rank 1 only, at step 5: both ranks skip it
     model = DDP(_model())
     opt = BUILD["alig"](model.module.parameters())
@@ -207,6 +212,11 @@ def test_ddp_equals_single_process_on_the_global_batch(ddp, name):
 def test_loss_is_global_opt_out_takes_the_same_steps(ddp):
     _assert_close(ddp[0]["alig-global-loss"]["params"], ddp[0]["alig"]["params"], tol=1e-12)
     assert all(torch.equal(a, b) for a, b in zip(ddp[0]["alig-global-loss"]["params"], ddp[1]["alig-global-loss"]["params"]))
+
+
+def test_explicit_process_group_takes_the_same_steps(ddp):
+    for rank in (0, 1):
+        assert all(torch.equal(a, b) for a, b in zip(ddp[rank]["sps-process-group"]["params"], ddp[rank]["sps"]["params"]))
 
 
 def test_nan_on_one_rank_skips_on_both(ddp):
