@@ -51,10 +51,11 @@ class ALIG(PolyakBase):
             regulariser is the ``max_norm`` ball; gamma is computed from the loss and the raw
             gradient, as ALI-G+ does). Default 0.
         lr, nonfinite, foreach, process_group, loss_is_global: see :class:`polyak._base.PolyakBase`.
+            ``lr`` multiplies the step after the ``max_lr`` clip.
         fused: True: the parameter update as one compiled loop per tensor (see
             :mod:`polyak._fused`; torch.compile must work here, else RuntimeError);
-            ``foreach`` still chooses how ||g||^2 is summed. None (default) or False: unfused.
-            ``lr`` multiplies the step after the ``max_lr`` clip.
+            ``foreach`` still chooses how ||g||^2 is summed. Worth it on large models only
+            (about 0.1 ms of compile bookkeeping a call). None (default) or False: unfused.
 
     Example::
 
