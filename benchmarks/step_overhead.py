@@ -1,17 +1,29 @@
-"""Step-time overhead of the Polyak-step optimizers against torch SGD, in one run.
+"""Step time of the Polyak-step optimizers against torch SGD, eager, compiled and fused, in one run.
 
-For each model size, every optimizer steps on the SAME parameters and gradients;
-rounds alternate between optimizers so drift of a noisy machine hits all alike,
-and the reported figure is the median step time divided by the median step time
-of torch.optim.SGD(momentum=0.9, foreach=True) measured in the same rounds.
+For each model size every optimizer steps on the SAME parameters and gradients.
+Each round times every candidate and both baselines, torch.optim.SGD(momentum=0.9)
+with foreach=True and with fused=True, starting each round at a different candidate;
+a candidate's ratio is the median over rounds of its time divided by the baseline's
+time in the same round, so drift of a shared machine cancels in the ratio.
+
+Routes per optimizer:
+- eager:    the default multi-tensor (foreach) step;
+- compiled: ``torch.compile(opt.step)`` of that step;
+- fused:    ``fused=True``: the parameter update as one compiled loop per tensor
+            (polyak._fused), the rest of the step eager.
+"||g||^2 alone" times the one read of the gradients that every Polyak step needs
+before it can update anything: fused SGD plus it is the floor of a fused Polyak step
+with momentum; "fused momentum update alone" is the compiled update without it.
 
     python benchmarks/step_overhead.py                 # writes benchmarks/results/step_overhead.{json,md}
-    python benchmarks/step_overhead.py --device cuda   # on a GPU machine
+    python benchmarks/step_overhead.py --device cuda --tag h100
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import platform
 import statistics
 import time
@@ -20,46 +32,67 @@ from pathlib import Path
 import torch
 
 import polyak
+from polyak import functional as F
+from polyak._fused import fused_alig_update_, fused_unsupported_reason
 
 SIZES = {
-    # name: list of parameter shapes (a ResNet-like mix of weights and small vectors)
-    "100K": [(64, 3, 3, 3), (64,), (64,), (128, 64, 3, 3), (128,), (128,), (10, 128), (10,)] + [(16, 16, 3, 3)] * 2,
-    "11M": [(512, 512, 3, 3)] * 4 + [(256, 256, 3, 3)] * 4 + [(512,)] * 16 + [(1000, 512), (1000,)],
+    # name: parameter shapes (a ResNet-like mix of weights and small vectors)
+    "82K": [(64, 3, 3, 3), (64,), (64,), (128, 64, 3, 3), (128,), (128,), (10, 128), (10,)] + [(16, 16, 3, 3)] * 2,
+    "12M": [(512, 512, 3, 3)] * 4 + [(256, 256, 3, 3)] * 4 + [(512,)] * 16 + [(1000, 512), (1000,)],
 }
+BASELINES = ("SGD momentum 0.9, foreach", "SGD momentum 0.9, fused")
+# fused/compiled against fused SGD, eager against foreach SGD (issue 7, item 4), at the large size
+TARGETS = {"fused": (1.25, 1), "compiled": (1.25, 1), "eager": (1.5, 0)}
 
 
 def make_params(shapes, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     params = []
-    for s in shapes:
-        p = torch.randn(s, generator=gen).to(device).requires_grad_(True)
-        p.grad = torch.randn(s, generator=gen).to(device) * 1e-2
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+        p.grad = torch.randn(shape, generator=gen).to(device) * 1e-2
         params.append(p)
     return params
 
 
-def optimizers(params, device):
-    """name -> (optimizer, step function). All see the same gradients."""
+def polyak_optimizers(params, device):
+    """(name, factory(**route options), step kwargs) for each optimizer measured."""
     batch = 128
     loss = torch.tensor(1.0, device=device)
     per_sample = torch.rand(batch, device=device) + 0.5
     index = torch.arange(batch, device=device)
+    return [
+        ("ALI-G, no momentum", lambda **kw: polyak.ALIG(params, max_lr=1e-6, **kw), {"loss": loss}),
+        ("ALI-G, momentum 0.9", lambda **kw: polyak.ALIG(params, max_lr=1e-6, momentum=0.9, **kw), {"loss": loss}),
+        ("ALI-G+, momentum 0.9, wd 1e-4", lambda **kw: polyak.ALIGPlus(
+            params, max_lr=1e-6, num_samples=batch * 10, epochs=10, K=5, weight_decay=1e-4, momentum=0.9, **kw),
+         {"loss": per_sample, "index": index}),
+        ("SPS constant", lambda **kw: polyak.SPS(params, c=0.5, eta_max=1e-6, mode="constant", **kw), {"loss": loss}),
+    ]
+
+
+def candidates(params, device):
+    """name -> (route, zero-argument step). All see the same gradients."""
     out = {
-        "sgd-momentum (baseline)": (torch.optim.SGD(params, lr=1e-6, momentum=0.9, foreach=True), None),
-        "alig (momentum 0.9)": (polyak.ALIG(params, max_lr=1e-6, momentum=0.9), {"loss": loss}),
-        "alig (no momentum)": (polyak.ALIG(params, max_lr=1e-6), {"loss": loss}),
-        "alig (momentum, nonfinite=unchecked)": (polyak.ALIG(params, max_lr=1e-6, momentum=0.9, nonfinite="unchecked"), {"loss": loss}),
-        "alig (momentum, per-tensor loop)": (polyak.ALIG(params, max_lr=1e-6, momentum=0.9, foreach=False), {"loss": loss}),
-        "sgd (no momentum)": (torch.optim.SGD(params, lr=1e-6, foreach=True), None),
+        BASELINES[0]: ("baseline", torch.optim.SGD(params, lr=1e-6, momentum=0.9, foreach=True).step),
     }
-    if hasattr(polyak, "ALIGPlus"):
-        out["alig-plus (momentum 0.9, wd 1e-4)"] = (
-            polyak.ALIGPlus(params, max_lr=1e-6, num_samples=batch * 10, epochs=10, K=5, weight_decay=1e-4, momentum=0.9),
-            {"loss": per_sample, "index": index},
-        )
-    if hasattr(polyak, "SPS"):
-        out["sps (constant)"] = (polyak.SPS(params, c=0.5, eta_max=1e-6, mode="constant"), {"loss": loss})
-    return out
+    fused_sgd_ok = device.type == "cpu" or device.type == "cuda"
+    if fused_sgd_ok:
+        out[BASELINES[1]] = ("baseline", torch.optim.SGD(params, lr=1e-6, momentum=0.9, fused=True).step)
+    grads = [p.grad for p in params]
+    out["||g||^2 alone"] = ("part", lambda: F.global_sq_norm(grads))
+    fused_reason = fused_unsupported_reason(device)
+    if fused_reason is None:
+        buffers = [torch.zeros_like(p) for p in params]
+        out["fused momentum update alone"] = ("part", lambda: fused_alig_update_(params, grads, buffers, 1e-6, 0.9))
+    for name, factory, kwargs in polyak_optimizers(params, device):
+        routes = {"eager": factory(), "compiled": factory()}
+        if fused_reason is None and "fused" in inspect.signature(type(routes["eager"])).parameters:
+            routes["fused"] = factory(fused=True)
+        for route, opt in routes.items():
+            step = torch.compile(opt.step) if route == "compiled" else opt.step
+            out[f"{name}, {route}"] = (route, lambda step=step, kwargs=kwargs: step(**kwargs))
+    return out, fused_reason
 
 
 def sync(device):
@@ -69,64 +102,139 @@ def sync(device):
 
 def measure(size, shapes, device, rounds, steps_per_round):
     params = make_params(shapes, device)
-    opts = optimizers(params, device)
-    times = {name: [] for name in opts}
-    for name, (opt, kwargs) in opts.items():  # warm-up: state creation, allocator
+    steps, fused_reason = candidates(params, device)
+    names = list(steps)
+    t0 = time.perf_counter()
+    for name in names:  # warm-up: state creation, compilation, allocator
         for _ in range(3):
-            opt.step(**kwargs) if kwargs else opt.step()
+            steps[name][1]()
     sync(device)
-    for _ in range(rounds):
-        for name, (opt, kwargs) in opts.items():
+    warmup_s = time.perf_counter() - t0
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
             sync(device)
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             for _ in range(steps_per_round):
-                opt.step(**kwargs) if kwargs else opt.step()
+                steps[name][1]()
             sync(device)
-            times[name].append((time.perf_counter() - t0) / steps_per_round)
-    base = statistics.median(times["sgd-momentum (baseline)"])
-    n_params = sum(p.numel() for p in params)
+            times[name].append((time.perf_counter() - start) / steps_per_round)
+
+    def ratio(name, baseline):
+        if baseline not in times:
+            return None
+        return statistics.median(t / b for t, b in zip(times[name], times[baseline]))
+
     return {
         "size": size,
-        "n_params": n_params,
-        "baseline_ms": base * 1e3,
+        "n_params": sum(p.numel() for p in params),
+        "n_tensors": len(params),
+        "warmup_and_compile_s": round(warmup_s, 1),
+        "fused_unsupported_reason": fused_reason,
         "rows": [
-            {"optimizer": name, "median_ms": statistics.median(t) * 1e3, "ratio_vs_sgd_momentum": statistics.median(t) / base}
-            for name, t in times.items()
+            {
+                "optimizer": name,
+                "route": steps[name][0],
+                "median_ms": statistics.median(times[name]) * 1e3,
+                "vs_sgd_foreach": ratio(name, BASELINES[0]),
+                "vs_sgd_fused": ratio(name, BASELINES[1]),
+            }
+            for name in names
         ],
     }
+
+
+def machine(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical cores"
+
+
+def verdicts(block):
+    """The targets of issue 7 at this size: (row, route, ratio, bound, met)."""
+    out = []
+    for row in block["rows"]:
+        if row["route"] not in TARGETS:
+            continue
+        bound, baseline = TARGETS[row["route"]]
+        ratio = row["vs_sgd_fused"] if baseline == 1 else row["vs_sgd_foreach"]
+        if ratio is not None:
+            out.append((row["optimizer"], BASELINES[baseline], ratio, bound, ratio <= bound))
+    return out
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def markdown(results, args):
+    lines = [
+        "# Step time against torch SGD(momentum=0.9), foreach and fused\n",
+        f"machine: {results['device']} ({args.device}); torch {results['torch']}, {results['threads']} thread(s); "
+        f"load average {results['load_before']} before, {results['load_after']} after.",
+        f"{results['note']}" if results["note"] else "",
+        f"Each ratio: the median over {args.rounds} interleaved rounds of (candidate time / baseline time in the "
+        "same round); each round starts at a different candidate.\n",
+    ]
+    for block in results["sizes"]:
+        lines.append(f"\n## {block['size']} parameters ({block['n_params']:,} in {block['n_tensors']} tensors)\n")
+        if block["fused_unsupported_reason"]:
+            lines.append(f"No fused rows: {block['fused_unsupported_reason']}\n")
+        lines.append("| step | median ms | / SGD foreach | / SGD fused |\n|---|---:|---:|---:|")
+        for r in block["rows"]:
+            lines.append(f"| {r['optimizer']} | {r['median_ms']:.3f} | {fmt(r['vs_sgd_foreach'])} | {fmt(r['vs_sgd_fused'])} |")
+        lines.append(f"\nwarm-up including compilation: {block['warmup_and_compile_s']} s")
+        norm = next((r["vs_sgd_fused"] for r in block["rows"] if r["optimizer"] == "||g||^2 alone"), None)
+        if norm is not None:
+            lines.append(f"floor of a fused momentum step (fused SGD plus one read of the gradients): {1 + norm:.2f} x fused SGD\n")
+        lines.append("Targets (issue 7: fused and compiled <= 1.25 x fused SGD, eager <= 1.5 x foreach SGD):\n")
+        for name, baseline, ratio, bound, met in verdicts(block):
+            lines.append(f"- {name}: {ratio:.2f} x {baseline} (target {bound}): {'met' if met else 'MISSED'}")
+    return "\n".join(lines) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the figures of the README)")
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated subset of {list(SIZES)}")
+    ap.add_argument("--note", default="", help="a sentence about the machine's load, recorded with the figures")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--tag", default="", help="suffix of the output files, e.g. 'h100'")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    # Every optimizer's step() is torch.optim's one wrapper function, so the compiled
+    # steps of all the optimizers here share one dynamo cache; past its default limit
+    # of 8 entries the later ones would silently run uncompiled.
+    torch._dynamo.config.recompile_limit = 64
     device = torch.device(args.device)
     results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": machine(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "polyak": polyak.__version__,
+        "note": args.note,
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "sizes": [],
     }
-    for size, shapes in SIZES.items():
-        steps = 20 if size == "100K" else 3
-        results["sizes"].append(measure(size, shapes, device, args.rounds, steps))
+    for size in args.sizes.split(","):
+        steps = 50 if size == "82K" else 3   # ~50 ms per timing at 82K: less at the mercy of time slices
+        results["sizes"].append(measure(size, SIZES[size], device, args.rounds, steps))
+    results["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "step_overhead" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    lines = ["# Step time relative to torch SGD(momentum=0.9, foreach=True)\n",
-             f"device: {results['device']} ({args.device}), torch {results['torch']}, {results['threads']} threads, "
-             f"median of {args.rounds} alternating rounds\n"]
-    for block in results["sizes"]:
-        lines.append(f"\n## {block['size']} parameters ({block['n_params']:,}); SGD-momentum step {block['baseline_ms']:.3f} ms\n")
-        lines.append("| optimizer | median step (ms) | ratio vs SGD-momentum |\n|---|---:|---:|")
-        for r in block["rows"]:
-            lines.append(f"| {r['optimizer']} | {r['median_ms']:.3f} | {r['ratio_vs_sgd_momentum']:.2f} |")
-    text = "\n".join(lines) + "\n"
+    text = markdown(results, args)
     (out / f"{stem}.md").write_text(text)
     print(text)
 

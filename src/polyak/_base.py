@@ -59,14 +59,15 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
-from .functional import copy_all_, global_sq_norm
+from ._fused import check_fused_supported
+from .functional import global_sq_norm
 
 GLOBAL_STATE = "global"
 
@@ -263,6 +264,8 @@ class PolyakBase(torch.optim.Optimizer):
     def _check_group(self, group: Dict[str, Any]) -> None:
         """Validate one param group (constructor and add_param_group); subclasses extend it."""
         _check_lr("lr (param group)", group["lr"])
+        if group.get("fused"):   # ALIG, ALIGPlus, SPS: refused here, as torch refuses fused=True it cannot honour
+            check_fused_supported(type(self).__name__, group["params"])
 
     def _setting(self, key: str) -> Any:
         """An optimizer-wide hyperparameter (the same in every group)."""
@@ -667,6 +670,7 @@ class PolyakBase(torch.optim.Optimizer):
             F.alig_update_(
                 params, [p.grad for p in params], buffers, step, momentum, group.get("weight_decay", 0.0),
                 adjusted=adjusted, foreach=self.foreach, keep=keep, grad_factor=grad_factor,
+                fused=group.get("fused", False),
             )
 
     def _fingerprint_settings(self) -> Any:

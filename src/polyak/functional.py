@@ -260,6 +260,7 @@ def alig_update_(
     foreach: bool = True,
     keep: Optional[Tensor] = None,
     grad_factor: Optional[Scalar] = None,
+    fused: bool = False,
 ) -> None:
     """The ALI-G update, shared by ALIG, ALIGPlus, DFW and SPS (momentum 0):
     ``p <- p - step*(g + weight_decay*p)`` (the decay uses the pre-step weights), then
@@ -272,11 +273,17 @@ def alig_update_(
     ``keep``: a 0-dim bool tensor (the branch-free skip of the tensor path): where it
     is False the parameters and buffers keep their old values exactly, even when the
     gradients or the step are NaN (see :func:`_masked_alig_update_`).
+
+    ``fused``: the same update as one compiled loop per tensor (:mod:`polyak._fused`).
     """
     if not params:
         return
     if adjusted and grad_factor is not None and buffers is not None and momentum > 0:
         raise ValueError("adjusted momentum accumulates raw gradients: it cannot take scaled ones")
+    if fused:
+        from ._fused import fused_alig_update_   # here, not on top: _fused builds on this module
+        fused_alig_update_(params, grads, buffers, step, momentum, weight_decay, adjusted, keep, grad_factor)
+        return
     grad_step = step if grad_factor is None else step * grad_factor
     if keep is not None:
         _masked_alig_update_(params, grads, buffers, step, grad_step, momentum, weight_decay, adjusted, foreach, keep)
