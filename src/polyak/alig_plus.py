@@ -60,7 +60,6 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from . import functional as F
 from . import _distributed as D
 from ._base import (
     GLOBAL_STATE, MISSING, PolyakBase, add_to_counter, check_bool, check_choice, check_finite, check_in_range,
