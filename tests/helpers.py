@@ -70,3 +70,18 @@ def linear_classification_problem(seed=0, n_batches=40, n_classes=5, n_features=
         return criterion(X[i] @ W.T + b, Y[i])
 
     return [W0, b0], loss_fn, list(range(n_batches))
+
+
+def line_search_step(opt, closure):
+    """One step of a line-search-family optimizer on ``closure`` (the loss WITHOUT
+    backward): PAL, SLS and LABPAL take the closure itself; L4, which is loss-driven,
+    takes the loss after backward."""
+    from polyak import L4
+
+    if isinstance(opt, L4):
+        opt.zero_grad()
+        loss = closure()
+        loss.backward()
+        opt.step(loss=loss)
+    else:
+        opt.step(closure)

@@ -139,12 +139,18 @@ def test_state_dict_round_trip_continues_bit_identically(spec):
     model_b.load_state_dict(saved["model"])
     opt_b = _build(spec, model_b)
     opt_b.load_state_dict(saved["opt"])
+    _assert_continue_identically(spec, (opt_a, model_a), (opt_b, model_b), epochs=2, start_epoch=3)
 
+
+def _assert_continue_identically(spec, run_a, run_b, epochs, start_epoch):
+    """Train both (optimizer, model) runs on the same batches from the same RNG state
+    (closures may draw random numbers): the parameters end bit-identical."""
+    X, y = _data()
     rng = torch.get_rng_state()
-    _train(spec, opt_a, model_a, X, y, 2, start_epoch=3)
-    torch.set_rng_state(rng)
-    _train(spec, opt_b, model_b, X, y, 2, start_epoch=3)
-    for a, b in zip(model_a.parameters(), model_b.parameters()):
+    for opt, model in (run_a, run_b):
+        torch.set_rng_state(rng)
+        _train(spec, opt, model, X, y, epochs, start_epoch=start_epoch)
+    for a, b in zip(run_a[1].parameters(), run_b[1].parameters()):
         assert torch.equal(a, b)
 
 
@@ -167,12 +173,7 @@ def _one_epoch_copy(spec, copier):
     opt = _build(spec, model)
     _train(spec, opt, model, X, y, 1)
     model_b, opt_b = copier((model, opt))
-    rng = torch.get_rng_state()
-    _train(spec, opt, model, X, y, 1, start_epoch=1)
-    torch.set_rng_state(rng)
-    _train(spec, opt_b, model_b, X, y, 1, start_epoch=1)
-    for a, b in zip(model.parameters(), model_b.parameters()):
-        assert torch.equal(a, b)
+    _assert_continue_identically(spec, (opt, model), (opt_b, model_b), epochs=1, start_epoch=1)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
