@@ -256,16 +256,13 @@ def test_foreign_state_is_refused(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_empty_batch_changes_nothing_or_raises(spec):
+def test_empty_batch_is_a_counted_skip_that_changes_nothing(spec):
     X, y, model, opt = _trained(spec, 1)
     before = copy.deepcopy(model.state_dict())
     skipped = opt.skipped_steps
-    try:
-        _feed(spec, opt, model, X, y, torch.arange(0))
-    except (ValueError, polyak.NonFiniteError):
-        pass   # a clear error is the other documented answer
-    else:
-        assert opt.skipped_steps == skipped + 1
+    # a counted skip, not an error: under DDP one rank's batch may be empty (polyak._base)
+    _feed(spec, opt, model, X, y, torch.arange(0))
+    assert opt.skipped_steps == skipped + 1
     _assert_unchanged(model, before)
 
 
