@@ -39,7 +39,8 @@ then uses the others' losses.
 
 Distributed (see :mod:`polyak._distributed`): every loss-derived scalar is the mean
 over the ranks (weighted by their sample counts), sharded gradient norms are summed
-over the shards, in one collective per step; ``process_group=`` chooses the group,
+over the shards, in one collective per step (ALIGPlus adds a second: the all-gather of
+its (index, loss) pairs; the line searches reduce each probe loss); ``process_group=`` chooses the group,
 ``loss_is_global=True`` says the loss handed over is already global.
 
 Mixed precision: with a GradScaler call ``scaler.step(opt, loss=loss)`` with the
