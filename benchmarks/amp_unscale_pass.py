@@ -12,10 +12,10 @@ into their norm and update instead (tests/test_amp.py).
 Usage: python benchmarks/amp_unscale_pass.py [--out benchmarks/results/amp_unscale_pass.md]
 """
 import argparse
-import statistics
-import time
 
 import torch
+
+from _timing import median_seconds, write_report  # benchmarks/_timing.py
 
 
 def main():
@@ -29,12 +29,7 @@ def main():
 
     def timed(inv_scale):
         inv = torch.full((1,), inv_scale)
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_seconds(lambda: torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv), args.repeats)
 
     timed(1.0)
     unscale, check = timed(1.0 / 65536), timed(1.0)
@@ -49,10 +44,7 @@ def main():
         "every gradient, so ALIG, SPS and ALIGPlus declare `_step_supports_amp_scaling` and fold 1/scale into "
         "their step. Usage stays `scaler.step(opt, loss=loss)` with the unscaled loss.\n"
     )
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
-    print(text)
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

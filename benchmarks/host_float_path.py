@@ -16,12 +16,11 @@ Median of ``repeats`` timings of ``steps`` steps each; one thread. The machine i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from unittest import mock
 
 import torch
 
+from _timing import median_seconds, write_report  # benchmarks/_timing.py
 from polyak import ALIG, ALIGPlus, SPS
 from polyak._base import PolyakBase
 
@@ -59,13 +58,7 @@ def _time(name, shapes, on_host, nonfinite, steps, repeats):
     with mock.patch.object(PolyakBase, "_on_host", lambda self, device: on_host):
         for _ in range(5):
             one()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(steps):
-                one()
-            times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+        return median_seconds(one, repeats, calls_per_repeat=steps)
 
 
 def main():
@@ -92,10 +85,7 @@ def main():
             lines.append(f"| {name} | {size} | {f * 1e6:.1f} | {tu * 1e6:.1f} ({tu / f:.2f}x) | {ts * 1e6:.1f} ({ts / f:.2f}x) |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
-    print(text)
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 
 import polyak
 from polyak import functional as F
-from polyak._fused import fused_alig_update_, fused_unsupported_reason
+from polyak._fused import fused_unsupported_reason
 
 SIZES = {
     # name: parameter shapes (a ResNet-like mix of weights and small vectors)
@@ -84,7 +84,7 @@ def candidates(params, device):
     fused_reason = fused_unsupported_reason(device)
     if fused_reason is None:
         buffers = [torch.zeros_like(p) for p in params]
-        out["fused momentum update alone"] = ("part", lambda: fused_alig_update_(params, grads, buffers, 1e-6, 0.9))
+        out["fused momentum update alone"] = ("part", lambda: F.alig_update_(params, grads, buffers, 1e-6, 0.9, fused=True))
     for name, factory, kwargs in polyak_optimizers(params, device):
         routes = {"eager": factory(), "compiled": factory()}
         if fused_reason is None and "fused" in inspect.signature(type(routes["eager"])).parameters:

@@ -1,5 +1,6 @@
 """Small helpers shared by the test modules."""
 import io
+import math
 
 import torch
 
@@ -15,7 +16,7 @@ def through_torch_save(obj):
 
 def assert_same_state(actual, expected, where="state"):
     """Two (nested) optimizer states are equal: tensors bit-identical (same dtype and
-    shape), everything else ==."""
+    shape), everything else == (a NaN float equals a NaN float: a bit-identical state)."""
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), f"{where}: {type(actual).__name__} instead of a tensor"
         assert actual.dtype == expected.dtype and actual.shape == expected.shape, where
@@ -28,6 +29,8 @@ def assert_same_state(actual, expected, where="state"):
         assert type(actual) is type(expected) and len(actual) == len(expected), where
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_same_state(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(actual, float) and math.isnan(actual), f"{where}: {actual!r} != nan"
     else:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
@@ -70,3 +73,18 @@ def linear_classification_problem(seed=0, n_batches=40, n_classes=5, n_features=
         return criterion(X[i] @ W.T + b, Y[i])
 
     return [W0, b0], loss_fn, list(range(n_batches))
+
+
+def line_search_step(opt, closure):
+    """One step of a line-search-family optimizer on ``closure`` (the loss WITHOUT
+    backward): PAL, SLS and LABPAL take the closure itself; L4, which is loss-driven,
+    takes the loss after backward."""
+    from polyak import L4
+
+    if isinstance(opt, L4):
+        opt.zero_grad()
+        loss = closure()
+        loss.backward()
+        opt.step(loss=loss)
+    else:
+        opt.step(closure)

@@ -36,70 +36,41 @@ def _assert_close(fused, foreach, dtype):
             assert ulps <= 4.0, f"{ulps:.1f} ulps apart"
 
 
-def _trajectories(dtype, foreach_step, fused_step, with_buffers):
-    """Run both updates from the same start with the same gradients and step sizes."""
+def _assert_fused_matches_foreach(dtype, with_buffers, *args, **kwargs):
+    """Run ``alig_update_(params, grads, buffers, step, *args, **kwargs)`` unfused and fused
+    from the same start with the same gradients and step sizes, and compare."""
     params, buffers = _tensors(0, dtype), _tensors(1, dtype)
     fused_params, fused_buffers = [p.clone() for p in params], [b.clone() for b in buffers]
     for k, step in enumerate(STEPS):
         grads = _tensors(10 + k, dtype)
-        if with_buffers:
-            foreach_step(params, grads, buffers, step)
-            fused_step(fused_params, grads, fused_buffers, step)
-        else:
-            foreach_step(params, grads, step)
-            fused_step(fused_params, grads, step)
-    return (params, buffers), (fused_params, fused_buffers)
+        F.alig_update_(params, grads, buffers if with_buffers else None, step, *args, **kwargs)
+        F.alig_update_(fused_params, grads, fused_buffers if with_buffers else None, step, *args, fused=True, **kwargs)
+    _assert_close(fused_params, params, dtype)
+    _assert_close(fused_buffers, buffers, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_fused_momentum_update_matches_foreach(dtype, weight_decay):
     # ALIG (weight_decay 0) and ALIGPlus: decoupled decay, then the reference momentum.
-    (ps, bs), (fps, fbs) = _trajectories(
-        dtype,
-        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, 0.9, weight_decay),
-        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, 0.9, weight_decay),
-        with_buffers=True,
-    )
-    _assert_close(fps, ps, dtype)
-    _assert_close(fbs, bs, dtype)
+    _assert_fused_matches_foreach(dtype, True, 0.9, weight_decay)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_fused_update_with_scaled_gradients_matches_foreach(momentum):
     # GradScaler: the gradients are g / grad_factor; every gradient term takes step * grad_factor
-    (ps, bs), (fps, fbs) = _trajectories(
-        torch.float64,
-        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, momentum, 0.01, grad_factor=0.25),
-        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, momentum, 0.01, grad_factor=0.25),
-        with_buffers=True,
-    )
-    _assert_close(fps, ps, torch.float64)
-    _assert_close(fbs, bs, torch.float64)
+    _assert_fused_matches_foreach(torch.float64, True, momentum, 0.01, grad_factor=0.25)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_adjusted_momentum_update_matches_foreach(dtype):
-    (ps, bs), (fps, fbs) = _trajectories(
-        dtype,
-        lambda ps, gs, bs, s: F.alig_update_(ps, gs, bs, s, 0.8, adjusted=True),
-        lambda ps, gs, bs, s: X.fused_alig_update_(ps, gs, bs, s, 0.8, adjusted=True),
-        with_buffers=True,
-    )
-    _assert_close(fps, ps, dtype)
-    _assert_close(fbs, bs, dtype)
+    _assert_fused_matches_foreach(dtype, True, 0.8, adjusted=True)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_fused_plain_update_matches_foreach(weight_decay):
     # plain ALI-G and SPS (weight_decay 0), ALIGPlus without momentum
-    (ps, _), (fps, _) = _trajectories(
-        torch.float64,
-        lambda ps, gs, s: F.alig_update_(ps, gs, None, s, weight_decay=weight_decay),
-        lambda ps, gs, s: X.fused_alig_update_(ps, gs, None, s, weight_decay=weight_decay),
-        with_buffers=False,
-    )
-    _assert_close(fps, ps, torch.float64)
+    _assert_fused_matches_foreach(torch.float64, False, weight_decay=weight_decay)
 
 
 def test_fused_update_follows_the_reference_formula():
@@ -108,7 +79,7 @@ def test_fused_update_follows_the_reference_formula():
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
     expected_b = [mu * b - gamma * g for g, b in zip(gs, bs)]
     expected_p = [p - gamma * g + mu * nb for p, g, nb in zip(ps, gs, expected_b)]
-    X.fused_alig_update_(ps, gs, bs, torch.tensor(gamma, dtype=torch.float64), mu)
+    F.alig_update_(ps, gs, bs, torch.tensor(gamma, dtype=torch.float64), mu, fused=True)
     _assert_close(ps, expected_p, torch.float64)
     _assert_close(bs, expected_b, torch.float64)
 
@@ -116,11 +87,11 @@ def test_fused_update_follows_the_reference_formula():
 def test_keep_false_leaves_every_tensor_bit_identical_even_with_a_nan_step():
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
     before = [t.clone() for t in ps + bs]
-    X.fused_alig_update_(ps, gs, bs, torch.tensor(float("nan"), dtype=torch.float64), 0.9,
-                         keep=torch.tensor(False))
+    F.alig_update_(ps, gs, bs, torch.tensor(float("nan"), dtype=torch.float64), 0.9,
+                   keep=torch.tensor(False), fused=True)
     assert all(torch.equal(a, b) for a, b in zip(ps + bs, before))
     # keep=True is the update itself
-    X.fused_alig_update_(ps, gs, bs, 0.3, 0.9, keep=torch.tensor(True))
+    F.alig_update_(ps, gs, bs, 0.3, 0.9, keep=torch.tensor(True), fused=True)
     ref_p, ref_b = [t.clone() for t in before[:len(ps)]], [t.clone() for t in before[len(ps):]]
     F.alig_update_(ref_p, gs, ref_b, 0.3, 0.9)
     _assert_close(ps, ref_p, torch.float64)
@@ -129,10 +100,10 @@ def test_keep_false_leaves_every_tensor_bit_identical_even_with_a_nan_step():
 
 def test_a_new_step_size_does_not_recompile():
     ps, gs, bs = _tensors(0, torch.float64), _tensors(1, torch.float64), _tensors(2, torch.float64)
-    X.fused_alig_update_(ps, gs, bs, 0.1, 0.9)   # compiled (or found) here
+    F.alig_update_(ps, gs, bs, 0.1, 0.9, fused=True)   # compiled (or found) here
     graphs = counters["stats"]["unique_graphs"]
     for step in (0.2, 0.7, torch.tensor(1e-3, dtype=torch.float64), 0.0):
-        X.fused_alig_update_(ps, gs, bs, step, 0.9)
+        F.alig_update_(ps, gs, bs, step, 0.9, fused=True)
     assert counters["stats"]["unique_graphs"] == graphs
 
 
@@ -140,7 +111,7 @@ def test_mixed_dtypes_update_each_bucket():
     # one compiled call per (device, dtype) bucket; the parameters keep their dtypes
     ps = [torch.ones(3, dtype=torch.float64), torch.ones(4, dtype=torch.float32)]
     gs = [torch.full((3,), 2.0, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float32)]
-    X.fused_alig_update_(ps, gs, None, 0.25)
+    F.alig_update_(ps, gs, None, 0.25, fused=True)
     assert [p.dtype for p in ps] == [torch.float64, torch.float32]
     assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in ps)
 
@@ -261,5 +232,5 @@ def test_more_parameter_lists_than_dynamos_default_recompile_limit():
     # and under fullgraph=True the 9th raised FailOnRecompileLimitHit)
     for n in range(1, 10):
         p, g = [torch.ones(n, dtype=torch.float64)], [torch.ones(n, dtype=torch.float64)]
-        X.fused_alig_update_(p, g, None, 0.5)
+        F.alig_update_(p, g, None, 0.5, fused=True)
         assert torch.equal(p[0], torch.full((n,), 0.5, dtype=torch.float64))

@@ -8,6 +8,7 @@ from torch import nn
 import polyak
 
 from dist_helpers import spawn  # tests/dist_helpers.py
+from helpers import line_search_step  # tests/helpers.py
 
 STEPS = 32
 
@@ -49,13 +50,7 @@ def _replica(rank, name, nan_at=None):
             loss = nn.functional.cross_entropy(model(x), y)
             return loss * float("nan") if step == nan_at and rank == 1 else loss  # one rank's loss only
 
-        if name == "l4":
-            opt.zero_grad()
-            loss = closure()
-            loss.backward()
-            opt.step(loss=loss)
-        else:
-            opt.step(closure)
+        line_search_step(opt, closure)
     return {"params": [p.detach().clone() for p in model.parameters()], "calls": calls, "updates": opt.global_state["step"],
             "skipped": opt.skipped_steps}
 

@@ -11,6 +11,8 @@ from torch import nn
 
 from polyak import L4, LABPAL, PAL, SLS
 
+from helpers import line_search_step  # tests/helpers.py
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 _gen = torch.Generator().manual_seed(0)
@@ -34,12 +36,7 @@ BUILDERS = {
 def _one_step(name, group_settings):
     a, b = nn.Parameter(START[:3].clone()), nn.Parameter(START[3:].clone())
     opt = BUILDERS[name]([dict({"params": [a]}, **group_settings), {"params": [b]}])
-    if name == "l4":
-        loss = _loss(a, b)
-        loss.backward()
-        opt.step(loss=loss)
-    else:
-        opt.step(lambda: _loss(a, b))
+    line_search_step(opt, lambda: _loss(a, b))
     return a.detach(), b.detach(), opt
 
 
@@ -63,13 +60,7 @@ def test_steplr_scales_the_step(name):
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for expected in (1.0, 0.5, 0.25):
         assert opt.param_groups[0]["lr"] == expected
-        if name == "l4":
-            opt.zero_grad()
-            loss = _loss(a, b)
-            loss.backward()
-            opt.step(loss=loss)
-        else:
-            opt.step(lambda: _loss(a, b))
+        line_search_step(opt, lambda: _loss(a, b))
         scheduler.step()
 
 
@@ -94,16 +85,9 @@ def test_the_state_of_another_line_search_is_refused():
         SLS([w], condition="goldstein").load_state_dict(SLS([w]).state_dict())
 
 
-def _train(model, opt, name, batches):
+def _train(model, opt, batches):
     for x, y in batches:
-        closure = lambda x=x, y=y: nn.functional.cross_entropy(model(x), y)
-        if name == "l4":
-            opt.zero_grad()
-            loss = closure()
-            loss.backward()
-            opt.step(loss=loss)
-        else:
-            opt.step(closure)
+        line_search_step(opt, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
 
 
 @pytest.mark.parametrize("copier", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))], ids=["deepcopy", "pickle"])
@@ -115,10 +99,10 @@ def test_a_copy_steps_exactly_as_the_original(name, copier):
            "labpal": lambda ps: LABPAL(ps, approx_batches=2, reuse_steps=2, momentum=0.5)}[name](model.parameters())
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(12)]
-    _train(model, opt, name, batches[:5])
+    _train(model, opt, batches[:5])
     model_copy, opt_copy = copier((model, opt))  # together: the copy's optimizer holds the copy's parameters
-    _train(model, opt, name, batches[5:])
-    _train(model_copy, opt_copy, name, batches[5:])
+    _train(model, opt, batches[5:])
+    _train(model_copy, opt_copy, batches[5:])
     for p, q in zip(model.parameters(), model_copy.parameters()):
         assert torch.equal(p, q)
     assert opt_copy.global_state["step"] == opt.global_state["step"] > 5

@@ -39,7 +39,8 @@ then uses the others' losses.
 
 Distributed (see :mod:`polyak._distributed`): every loss-derived scalar is the mean
 over the ranks (weighted by their sample counts), sharded gradient norms are summed
-over the shards, in one collective per step; ``process_group=`` chooses the group,
+over the shards, in one collective per step (ALIGPlus adds a second: the all-gather of
+its (index, loss) pairs; the line searches reduce each probe loss); ``process_group=`` chooses the group,
 ``loss_is_global=True`` says the loss handed over is already global.
 
 Mixed precision: with a GradScaler call ``scaler.step(opt, loss=loss)`` with the
@@ -659,9 +660,7 @@ class PolyakBase(torch.optim.Optimizer):
         :func:`polyak.functional.alig_update_` (weight decay and momentum per group)."""
         for group, params in zip(self.param_groups, groups):
             step, unclipped, clipped = F.polyak_step_size(gap, grad_sq_norm, delta, max_lr(group))
-            lr = group["lr"]
-            if not (isinstance(lr, (int, float)) and lr == 1.0):   # 1.0: keep the step bit-identical
-                step, unclipped = step * lr, unclipped * lr
+            step, unclipped = times_lr(step, group["lr"]), times_lr(unclipped, group["lr"])
             self._record_step(group, step, unclipped, clipped)
             if not params:
                 continue
@@ -779,6 +778,16 @@ def _rounded(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype``: comparing a loss read back from that dtype with it
     gives the answer of the tensor comparison ``losses < value`` (made in the losses' dtype)."""
     return float(torch.tensor(value, dtype=dtype))
+
+
+def lr_is_one(lr: Any) -> bool:
+    """The group's ``lr`` is the number 1: the step is left as it is (bit-identical)."""
+    return isinstance(lr, (int, float)) and lr == 1.0
+
+
+def times_lr(value: Any, lr: Any) -> Any:
+    """``value * lr``: the group's ``lr`` applied to a step (after any clip), unchanged when lr is 1."""
+    return value if lr_is_one(lr) else value * lr
 
 
 def _check_lr(name: str, value: Any) -> None:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .functional import Scalar, group_by_device_and_dtype
 
-__all__ = ["fused_unsupported_reason", "check_fused_supported", "fused_alig_update_"]
+__all__ = ["fused_unsupported_reason", "check_fused_supported", "fused_update_"]
 
 
 # ----------------------------------------------------------------- the updates
@@ -166,27 +166,19 @@ def _step_tensors(step: Scalar, grad_step: Scalar, device: torch.device) -> Tupl
     return _as_step_tensor(step, device), None if grad_step is step else _as_step_tensor(grad_step, device)
 
 
-def fused_alig_update_(
-    params: List[Tensor],
-    grads: List[Tensor],
-    buffers: Optional[List[Tensor]],
-    step: Scalar,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    adjusted: bool = False,
-    keep: Optional[Tensor] = None,
-    grad_factor: Optional[Scalar] = None,
+def fused_update_(
+    params: List[Tensor], grads: List[Tensor], buffers: Optional[List[Tensor]], step: Scalar, grad_step: Scalar,
+    momentum: float, weight_decay: float, adjusted: bool, keep: Optional[Tensor],
 ) -> None:
-    """:func:`polyak.functional.alig_update_` in one pass per tensor (same arguments,
-    less ``foreach``): ``p <- p - step*(g*grad_factor + weight_decay*p)``, then the
-    reference momentum (or its adjusted form) when ``buffers`` are given and ``momentum > 0``.
+    """The body of :func:`polyak.functional.alig_update_` with ``fused=True`` (its one
+    entry point, which checks the arguments): ``p <- p - step*weight_decay*p - grad_step*g``,
+    then the reference momentum (or its adjusted form) when ``buffers`` are given and
+    ``momentum > 0``, in one pass per tensor.
 
-    ``step``, ``grad_factor``: floats or 0-dim tensors (never read back to the host).
-    ``keep``: the branch-free skip, a 0-dim bool tensor; False leaves every tensor as it was.
+    ``step``, ``grad_step`` (``step * grad_factor``, or ``step`` itself): floats or 0-dim
+    tensors (never read back to the host). ``keep``: the branch-free skip, a 0-dim bool
+    tensor; False leaves every tensor as it was.
     """
-    if not params:
-        return
-    grad_step = step if grad_factor is None else step * grad_factor
     with torch.no_grad():  # an update is never part of a graph, even when called outside step()
         if buffers is not None and momentum > 0:
             update = _runnable(_adjusted_momentum_update if adjusted else _momentum_update)

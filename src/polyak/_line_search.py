@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
-from ._base import GLOBAL_STATE, PolyakBase, check_positive
+from ._base import GLOBAL_STATE, PolyakBase, check_positive, lr_is_one, times_lr
 from ._closure import ClosureError, ProbeClosure
 from .functional import copy_all_, real_views
 
@@ -181,13 +181,9 @@ def groups_of(optimizer: PolyakBase, params: Optional[Sequence[Tensor]] = None) 
     return [owner[id(p)] for p in params]
 
 
-def _is_one(value: Any) -> bool:
-    return isinstance(value, (int, float)) and value == 1.0
-
-
 def plain_update(groups: Sequence[Dict[str, Any]]) -> bool:
     """True when every group has lr 1 and no weight decay: the update is the search's own point."""
-    return all(_is_one(g["lr"]) and g.get("weight_decay", 0.0) == 0.0 for g in groups)
+    return all(lr_is_one(g["lr"]) and g.get("weight_decay", 0.0) == 0.0 for g in groups)
 
 
 def update_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor], step, groups: Sequence[Dict[str, Any]]) -> None:
@@ -202,7 +198,7 @@ def update_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor
     for group in {id(g): g for g in groups}.values():
         chosen = [i for i, other in enumerate(groups) if other is group]
         ps, ds = [params[i] for i in chosen], [directions[i] for i in chosen]
-        scaled = F.as_scalar(step * group["lr"]) if not _is_one(group["lr"]) else F.as_scalar(step)
+        scaled = F.as_scalar(times_lr(step, group["lr"]))
         F.decoupled_weight_decay_(ps, scaled, group.get("weight_decay", 0.0), foreach=foreach)
         F.sgd_step_(ps, ds, scaled, foreach=foreach)
 

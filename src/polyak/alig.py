@@ -9,7 +9,7 @@ With mini-batch loss :math:`\ell`, known lower bound :math:`B` of the loss and
 .. math::
     \gamma = \mathrm{clamp}\Big(\frac{\ell - B}{\|g\|^2 + \delta}, 0, \eta_{max}\Big)
 
-    w \leftarrow \Pi_\Omega(w - \gamma g)
+    w \leftarrow \Pi_\Omega\big(w - \mathrm{lr}\,\gamma\,(g + \lambda w)\big)
 
 ``max_lr=None`` drops the clip (ALI-G infinity: no step-size hyperparameter).
 Each param group clips with its own ``max_lr``. :math:`\Pi_\Omega` projects onto
@@ -21,6 +21,19 @@ Momentum follows the reference code, not torch.optim.SGD:
 ``w <- w - gamma g; b <- mu b - gamma g; w <- w + mu b``.
 ``adjusted_momentum=True``: ``b <- mu b - g; w <- w - gamma g + gamma mu b``
 (TensorFlow's Nesterov form).
+
+Deviations from the paper, each a torch.optim convention (the defaults leave the
+paper's update unchanged): ``lr`` (the group's ``"lr"``, 1.0) multiplies the step
+after the ``max_lr`` clip, so LR schedulers work; with momentum the ``gamma`` above
+becomes ``lr * gamma``. ``weight_decay`` :math:`\lambda` (0) enters only the
+update, on the pre-step weights, not :math:`\|g\|^2` and not the loss (the
+momentum buffer takes the raw gradient).
+
+Under torch.distributed (world size > 1) the loss is the mean over the ranks
+(weighted by their sample counts) and :math:`\|g\|^2` the sum over the shards of
+sharded (FSDP2) gradients, in one collective per step, so every rank takes the
+same step (:mod:`polyak._base`; ``loss_is_global=True`` when the loss handed over
+is already global).
 """
 from __future__ import annotations
 

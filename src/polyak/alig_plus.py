@@ -12,9 +12,10 @@ Step, with per-sample losses :math:`\ell_i` and dataset indices :math:`i` of the
 .. math::
     \gamma = \mathrm{clamp}\Big(\frac{\mathrm{mean}_i(\ell_i - a_i)}{\|g\|^2 + \delta}, 0, \eta_{max}\Big)
 
-    w \leftarrow w - \gamma (g + \lambda w)
+    w \leftarrow w - \mathrm{lr}\,\gamma\,(g + \lambda w)
 
-The weight decay :math:`\lambda` enters only there (not :math:`\|g\|^2`, not the
+``lr`` (the group's ``"lr"``, 1.0: a torch.optim convention, not in the paper)
+multiplies the step after the clip. The weight decay :math:`\lambda` enters only there (not :math:`\|g\|^2`, not the
 loss). Momentum is ALI-G's reference form fed with the raw gradient:
 ``b <- mu b - gamma g; w <- w + mu b`` after the step above. Each step records
 :math:`\bar\ell_i \leftarrow \ell_i`.
@@ -51,6 +52,12 @@ the optimizer state, so ``state_dict()`` resumes bit-identically in mid-section 
 reference loses them); a sample never seen keeps :math:`\bar\ell_z = B` so its AOV
 stays :math:`B` (the reference starts the record at 1e6). Epochs past E run with
 the last AOVs; no further update happens.
+
+Under torch.distributed every rank gathers the (index, per-sample loss) pairs of
+all ranks each step, so the numerator is the mean over the global batch and the
+AOV tables and loss records are identical on every rank (any rank's
+``state_dict`` resumes the job); :math:`\|g\|^2` sums the shards of sharded
+(FSDP2) gradients.
 """
 from __future__ import annotations
 

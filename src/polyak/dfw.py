@@ -39,6 +39,11 @@ sum_groups eta_k ||g_k||^2), which is not a per-group clip.
 
 The authors' published CIFAR runs used a "smoothed" SVM
 (``multiclass_hinge_loss(..., smooth=True)``), see that function.
+
+As an ALIG, DFW takes the group's ``"lr"`` (1.0, a torch.optim convention: it
+multiplies :math:`\eta\gamma_{FW}`, so LR schedulers work) and ALIG's distributed
+behaviour: under torch.distributed the loss is the mean over the ranks and
+:math:`\|g\|^2` sums the shards of sharded gradients, in one collective per step.
 """
 from __future__ import annotations
 

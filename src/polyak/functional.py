@@ -209,44 +209,71 @@ def alig_momentum_step_(
     default:   p <- p - step*g;  b <- mu*b - step*g;  p <- p + mu*b
     adjusted:  b <- mu*b - g;    p <- p - step*g + step*mu*b   (TF Nesterov form)
     """
+    _momentum_step_(params, grads, buffers, step, momentum, momentum, adjusted, foreach)
+
+
+def _on(value: Scalar, device: torch.device) -> Scalar:
+    return value.to(device) if isinstance(value, Tensor) else value
+
+
+def _foreach_sub_scaled_(destinations: List[Tensor], sources: List[Tensor], scale: Scalar) -> None:
+    # d <- d - scale*s: a float scale as the kernel's alpha (no step*s tensor materialised)
+    if isinstance(scale, Tensor):
+        torch._foreach_sub_(destinations, _scaled(sources, scale))
+    else:
+        torch._foreach_add_(destinations, sources, alpha=-scale)
+
+
+def _foreach_add_scaled_(destinations: List[Tensor], sources: List[Tensor], scale: Scalar) -> None:
+    # d <- d + scale*s
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(destinations, _scaled(sources, scale))
+    else:
+        torch._foreach_add_(destinations, sources, alpha=scale)
+
+
+def _momentum_step_(params, grads, buffers, step: Scalar, buffer_decay: Scalar, param_momentum: Scalar,
+                    adjusted: bool, foreach: bool) -> None:
+    """:func:`alig_momentum_step_` with the buffer's decay and the parameters' momentum
+    factor apart (both ``momentum`` there; 1 and 0 in the masked skip of
+    :func:`_masked_alig_update_`), each a float or a 0-dim tensor."""
     if not params:
         return
     if not foreach:
         for p, g, b in zip(params, grads, buffers):
-            s = step.to(p.device) if isinstance(step, Tensor) else step
+            s, decay, mu = _on(step, p.device), _on(buffer_decay, p.device), _on(param_momentum, p.device)
             if adjusted:
-                b.mul_(momentum).sub_(g)
+                b.mul_(decay).sub_(g)
                 p.sub_(g * s)
-                p.add_(b * (s * momentum))
+                p.add_(b * (s * mu))
             else:
                 update = g * s
                 p.sub_(update)
-                b.mul_(momentum).sub_(update)
-                p.add_(b, alpha=momentum)
+                b.mul_(decay).sub_(update)
+                if isinstance(mu, Tensor):
+                    p.add_(b * mu)
+                else:
+                    p.add_(b, alpha=mu)
         return
     for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
-        s = step.to(device) if isinstance(step, Tensor) else step
+        s, decay, mu = _on(step, device), _on(buffer_decay, device), _on(param_momentum, device)
         if adjusted:
-            torch._foreach_mul_(bs, momentum)
+            torch._foreach_mul_(bs, decay)
             torch._foreach_sub_(bs, gs)
-            if isinstance(s, Tensor):
-                torch._foreach_sub_(ps, _scaled(gs, s))
-                torch._foreach_add_(ps, _scaled(bs, s * momentum))
-            else:
-                torch._foreach_add_(ps, gs, alpha=-s)
-                torch._foreach_add_(ps, bs, alpha=s * momentum)
+            _foreach_sub_scaled_(ps, gs, s)
+            _foreach_add_scaled_(ps, bs, s * mu)
         else:
             if isinstance(s, Tensor):
                 update = _scaled(gs, s)
                 torch._foreach_sub_(ps, update)
-                torch._foreach_mul_(bs, momentum)
+                torch._foreach_mul_(bs, decay)
                 torch._foreach_sub_(bs, update)
             else:
                 # Same arithmetic without materialising step*g: b <- mu*b - s*g.
                 torch._foreach_add_(ps, gs, alpha=-s)
-                torch._foreach_mul_(bs, momentum)
+                torch._foreach_mul_(bs, decay)
                 torch._foreach_add_(bs, gs, alpha=-s)
-            torch._foreach_add_(ps, bs, alpha=momentum)
+            _foreach_add_scaled_(ps, bs, mu)
 
 
 def alig_update_(
@@ -280,11 +307,11 @@ def alig_update_(
         return
     if adjusted and grad_factor is not None and buffers is not None and momentum > 0:
         raise ValueError("adjusted momentum accumulates raw gradients: it cannot take scaled ones")
-    if fused:
-        from ._fused import fused_alig_update_   # here, not on top: _fused builds on this module
-        fused_alig_update_(params, grads, buffers, step, momentum, weight_decay, adjusted, keep, grad_factor)
-        return
     grad_step = step if grad_factor is None else step * grad_factor
+    if fused:
+        from ._fused import fused_update_   # here, not on top: _fused builds on this module
+        fused_update_(params, grads, buffers, step, grad_step, momentum, weight_decay, adjusted, keep)
+        return
     if keep is not None:
         _masked_alig_update_(params, grads, buffers, step, grad_step, momentum, weight_decay, adjusted, foreach, keep)
         return
@@ -311,31 +338,7 @@ def _masked_alig_update_(params, grads, buffers, step, grad_step, momentum, weig
         return
     buffer_decay = torch.where(keep, torch.full_like(zero, momentum), torch.ones_like(zero))
     param_momentum = torch.where(keep, torch.full_like(zero, momentum), zero)
-    for (device, _), (ps, gs, bs) in group_by_device_and_dtype(params, grads, buffers).items():
-        s, decay, mu = grad_step.to(device), buffer_decay.to(device), param_momentum.to(device)
-        if not foreach:
-            for p, g, b in zip(ps, gs, bs):
-                if adjusted:
-                    b.mul_(decay).sub_(g)
-                    p.sub_(g * s)
-                    p.add_(b * (s * mu))
-                else:
-                    update = g * s
-                    p.sub_(update)
-                    b.mul_(decay).sub_(update)
-                    p.add_(b * mu)
-            continue
-        if adjusted:   # b <- mu b - g;  p <- p - s g + s mu b
-            torch._foreach_mul_(bs, decay)
-            torch._foreach_sub_(bs, gs)
-            torch._foreach_sub_(ps, _scaled(gs, s))
-            torch._foreach_add_(ps, _scaled(bs, s * mu))
-        else:          # p <- p - s g;  b <- mu b - s g;  p <- p + mu b
-            update = _scaled(gs, s)
-            torch._foreach_sub_(ps, update)
-            torch._foreach_mul_(bs, decay)
-            torch._foreach_sub_(bs, update)
-            torch._foreach_add_(ps, _scaled(bs, mu))
+    _momentum_step_(params, grads, buffers, grad_step, buffer_decay, param_momentum, adjusted, foreach)
 
 
 def project_l2_ball_(

@@ -42,6 +42,13 @@ here they are one buffer with decay ``betas[0]``, identical at the default
 betas. L4 needs a non-negative loss (then :math:`\ell - \gamma L_{min} \ge
 (1-\gamma)\ell \ge 0`); a negative loss raises instead of silently stepping
 uphill (checked with the non-finite guard, so not with ``nonfinite="unchecked"``).
+
+torch.optim conventions, not in the paper (the defaults leave its update
+unchanged): the update is :math:`w \leftarrow w - \mathrm{lr}\,\eta_t\,(v_t + \lambda w)`, with
+``lr`` the group's ``"lr"`` (1.0) and ``weight_decay`` :math:`\lambda` (0, per group) on the
+pre-step weights, seen by neither :math:`\eta_t` nor the moments. Under
+torch.distributed the loss is the mean over the ranks and the inner products sum the
+shards of sharded (FSDP2) tensors, so every rank takes the same step.
 """
 from __future__ import annotations
 

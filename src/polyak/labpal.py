@@ -96,6 +96,11 @@ instead. Complex parameters are handled as their real views (torch.optim's
 convention). A closure that raises leaves parameters and state exactly as before
 the call (:class:`polyak._line_search.Rollback`). Under torch.distributed every
 measured loss is averaged over the ranks, so every rank fits the same parabola.
+
+torch.optim conventions, not in the paper (the defaults leave its update
+unchanged): every update is :math:`w \leftarrow w - \mathrm{lr}\,\lambda_{step}\,(d_t + \lambda w)`
+(the rate of the mode above, times the group's ``"lr"``, 1.0), with ``weight_decay``
+:math:`\lambda` (0, per group) on the pre-update weights, seen by no measurement.
 """
 from __future__ import annotations
 

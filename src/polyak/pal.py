@@ -47,6 +47,14 @@ Deviations from the authors' code (PyTorch ``PalOptimizer``), all deliberate:
 :math:`d` (:math:`s/\|d\|`, what the reference returns), ``"update_step"`` the
 distance :math:`s` moved along the unit direction; ``global_state["parabola"]``
 holds the last :math:`\ell_0, \ell_\mu, a, b, \|d\|`.
+
+torch.optim conventions, not in the paper (the defaults leave its update
+unchanged): the search runs on the plain step; the update then applied is
+:math:`w \leftarrow w_0 - \mathrm{lr}\,(s/\|d\|)\,(d + \lambda w_0)`, with ``lr`` the group's ``"lr"`` (1.0) and ``weight_decay``
+:math:`\lambda` (0, per group: timm's no-decay groups) on the start weights, seen
+by neither the search nor the loss. Under torch.distributed both probe losses
+are the means over the ranks and the inner products sum the shards of sharded
+(FSDP2) tensors, so every rank fits the same parabola and moves the same way.
 """
 from __future__ import annotations
 

@@ -62,6 +62,15 @@ forwards per step, all counted in ``opt.cost``.
 ``param_groups[i]["step_size"]`` is the step size applied this step,
 ``global_state["search_step_size"]`` the one carried to the next search and
 ``global_state["trials"]`` the trial forwards of the last step.
+
+torch.optim conventions, not in the paper (the defaults leave its update
+unchanged): the search runs on the plain step; the update then applied is
+:math:`w \leftarrow w_0 - \mathrm{lr}\,\eta\,(g + \lambda w_0)` (then the momentum
+term), with ``lr`` the group's ``"lr"`` (1.0) and ``weight_decay``
+:math:`\lambda` (0, per group: timm's no-decay groups) on the start weights, seen
+by neither the search nor the loss. Under torch.distributed every trial loss
+is the mean over the ranks and :math:`\|g\|^2` sums the shards of sharded (FSDP2)
+gradients, so every rank accepts the same step size after the same trials.
 """
 from __future__ import annotations
 

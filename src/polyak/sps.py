@@ -11,7 +11,7 @@ over all parameters of all groups, the Polyak part of the step is
 .. math::
     \hat\gamma_t = \frac{\max(\ell - f^*, 0)}{c\,\|g\|^2 + \epsilon}
 
-and the step ``w <- w - gamma_t g`` uses
+and the step ``w <- w - lr gamma_t (g + lambda w)`` uses
 
 - ``mode="constant"`` (SPS_max of the paper): :math:`\gamma_t = \min(\hat\gamma_t, \eta_{max})`
   (no clip with ``eta_max=None``);
@@ -38,6 +38,17 @@ Deviations from the authors' code, each deliberate:
 - ``eps`` must be > 0 (the reference's experiments ran with eps = 0, which only
   works together with its zero-gradient special case).
 - Grad centralisation options of the reference are not provided.
+- torch.optim conventions, not in the paper (the defaults leave its update
+  unchanged): ``lr`` (the group's ``"lr"``, 1.0) multiplies the step after the
+  bound, and smooth_iter carries the step before ``lr``; ``weight_decay``
+  (lambda, 0, per group) enters only the update, on the pre-step weights, not
+  :math:`\|g\|^2` and not the loss.
+
+Under torch.distributed (world size > 1) the loss is the mean over the ranks
+(weighted by their sample counts) and :math:`\|g\|^2` the sum over the shards of
+sharded (FSDP2) gradients, in one collective per step, so every rank takes the
+same step (:mod:`polyak._base`; ``loss_is_global=True`` when the loss handed over
+is already global).
 """
 from __future__ import annotations
 
@@ -49,7 +60,9 @@ from torch import Tensor
 
 from . import functional as F
 from .functional import Scalar
-from ._base import GLOBAL_STATE, PolyakBase, add_to_counter, check_bool, check_choice, check_finite, check_int, check_positive
+from ._base import (
+    GLOBAL_STATE, PolyakBase, add_to_counter, check_bool, check_choice, check_finite, check_int, check_positive, times_lr,
+)
 from ._registry import OptimizerSpec, register
 
 SPS_MODES = ("constant", "smooth_iter")
@@ -219,10 +232,9 @@ class SPS(PolyakBase):
             carried = sps_carried_step(step, previous)
             self._store_previous_step(carried if keep is None else torch.where(keep, carried, previous))
         for group, params in zip(self.param_groups, groups):
-            lr = group["lr"]
-            scaled = (step, unclipped) if isinstance(lr, (int, float)) and lr == 1.0 else (step * lr, unclipped * lr)
-            self._record_step(group, scaled[0], scaled[1], clipped)
-            F.alig_update_(params, [p.grad for p in params], None, scaled[0], weight_decay=group["weight_decay"],
+            group_step = times_lr(step, group["lr"])
+            self._record_step(group, group_step, times_lr(unclipped, group["lr"]), clipped)
+            F.alig_update_(params, [p.grad for p in params], None, group_step, weight_decay=group["weight_decay"],
                            foreach=self.foreach, keep=keep, grad_factor=scalars.grad_factor,
                            fused=group["fused"])
         add_to_counter(self.global_state, "step")

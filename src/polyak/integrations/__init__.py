@@ -17,11 +17,10 @@ One module per framework, each importing its framework when it is imported
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 from torch import Tensor
-
-import inspect
 
 from .._base import PolyakBase
 from .._registry import specs
