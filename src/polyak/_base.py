@@ -448,6 +448,10 @@ class PolyakBase(torch.optim.Optimizer):
                 f"got shape {tuple(loss.shape)}"
             )
         if not per_sample:
+            # A 0-element loss is an empty batch (count 0): the mean of no sample does not
+            # exist, and under DDP this rank must still enter the step's collective.
+            if loss.numel() == 0:
+                return LossBatch(loss.reshape(0), self._check_index(index, loss, per_sample), per_sample)
             if loss.numel() != 1:
                 raise ValueError(
                     f"{name}: loss must be a scalar (the batch mean), got shape {tuple(loss.shape)}; "
@@ -522,6 +526,14 @@ class PolyakBase(torch.optim.Optimizer):
         # them through param_groups (guarded by shape), not through the state's keys
         # (guarded by identity: a recompile for every new gradient tensor).
         groups = self._params_with_grad()
+        if not any(groups) and D.active_group(self._process_group, False) is not None:
+            # fully_shard replaces every parameter: an optimizer built before it holds
+            # tensors that never get a gradient and would silently never step
+            raise ValueError(
+                f"{type(self).__name__}.step: a loss was given but no parameter of this optimizer has a gradient "
+                "(under torch.distributed); with FSDP2, build the optimizer AFTER fully_shard(model) "
+                "(fully_shard replaces the parameters), from model.parameters()"
+            )
         self._count_passes(batch.passes, batch.passes)
         return batch, groups, [p.grad for ps in groups for p in ps]
 
