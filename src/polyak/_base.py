@@ -31,7 +31,8 @@ micro-batch, then ``step()`` with no arguments: the step uses the MEAN of the k
 losses handed over, the rule of gradient accumulation (back-propagate loss / k per
 micro-batch, or the mean). Per-sample losses (ALIGPlus) and their indices concatenate.
 
-An empty batch (no loss at all, e.g. ``index=torch.arange(0)``) is a counted skip:
+An empty batch (no loss at all: a 0-element loss, e.g. ``loss=torch.zeros(0)``, or
+per-sample losses with ``index=torch.arange(0)``) is a counted skip:
 parameters and state stay bit-identical and ``skipped_steps`` grows by one, as for a
 non-finite loss (under ``nonfinite="raise"`` it raises instead). It is not an error
 because under DDP one rank's batch may be empty while the others' are not; the step
