@@ -5,7 +5,8 @@ inside the test and bounded by a timeout, float64, tiny models):
   on the global batch;
 - an optimizer built BEFORE ``fully_shard`` (it holds the parameters that
   ``fully_shard`` replaced, which never get a gradient) raises a clear error on
-  every rank instead of silently never stepping;
+  every rank instead of silently never stepping; one built on sharded meta
+  parameters before ``to_empty`` trains and equals one process;
 - SLS and LABPAL under FSDP2 equal one process on the global batch;
 - L4 (and ALIG, and torch SGD) under DDP with unequal per-rank batch sizes follow
   the objective DDP optimises, the mean of the rank means;
@@ -17,6 +18,7 @@ inside the test and bounded by a timeout, float64, tiny models):
   single-process ALIGPlus continues the job as the 2-rank job continues.
 """
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import polyak
+from polyak._base import PolyakBase
 
 from dist_helpers import spawn  # tests/dist_helpers.py
 
@@ -303,11 +306,38 @@ def _built_before_fully_shard(rank):
     return None
 
 
+def _materialised_after_the_optimizer(rank):
+    """The meta-device recipe: the optimizer is built on the sharded meta parameters,
+    which ``to_empty`` then materialises in place (the same tensors); ALIG trains."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    fully_shard(model)
+    opt = _alig(model.parameters())
+    model.to_empty(device="cpu")
+    with torch.no_grad():   # the weights of _model(), each rank its shard
+        for p, full in zip(model.parameters(), _model().parameters()):
+            p.to_local().copy_(distribute_tensor(full.detach(), p.device_mesh, p.placements).to_local())
+    X, y = _data()
+    for t in range(LS_STEPS):
+        idx = _batch(t, 16)[8 * rank:8 * (rank + 1)]
+        loss = F.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss.detach())
+    return _full(model)
+
+
 def _pairs(rank, world):
-    out = {"before-fully-shard": _built_before_fully_shard(rank)}
+    out = {"before-fully-shard": _built_before_fully_shard(rank), "meta": _materialised_after_the_optimizer(rank)}
     out.update({f"fsdp-{name}": _line_search_fsdp(name, rank) for name in LINE_SEARCHES})
     out.update({f"unequal-{name}": _unequal_ddp(name, rank) for name in UNEQUAL_BUILD})
     out.update({f"empty-{name}": _empty_run(name, rank, world) for name in EMPTY_BUILD})
+    # the tensor path (accelerators: no host read, the skip is a branch-free mask)
+    with mock.patch.object(PolyakBase, "_on_host", lambda self, device: False):
+        out["empty-alig-tensor-path"] = _empty_run("alig", rank, world)
     out["plus-sampler"] = _plus_sampler(rank)
     return out
 
@@ -321,6 +351,20 @@ def test_an_optimizer_built_before_fully_shard_raises_on_every_rank(pairs):
     for rank in (0, 1):
         message = pairs[rank]["before-fully-shard"]
         assert message is not None and "fully_shard" in message, message
+
+
+def test_an_optimizer_built_on_meta_parameters_trains_after_to_empty(pairs):
+    model = _model()
+    opt = _alig(model.parameters())
+    X, y = _data()
+    for t in range(LS_STEPS):
+        idx = _batch(t, 16)
+        loss = F.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss.detach())
+    for rank in (0, 1):
+        _close(pairs[rank]["meta"], [p.detach() for p in model.parameters()])
 
 
 @pytest.mark.parametrize("name", sorted(LINE_SEARCHES))
@@ -353,6 +397,13 @@ def test_an_empty_rank_batch_takes_the_other_ranks_step(pairs, name):
     assert first["skipped"] == second["skipped"] == reference["skipped"] == 1
     _close(first["params"], reference["params"])
     assert first["steps"] == pytest.approx(reference["steps"], abs=1e-6)
+
+
+def test_an_empty_rank_batch_on_the_tensor_path_takes_the_host_path_steps(pairs):
+    for rank in (0, 1):
+        ours, host = pairs[rank]["empty-alig-tensor-path"], pairs[rank]["empty-alig"]
+        assert ours["skipped"] == host["skipped"] == 1
+        _close(ours["params"], host["params"], tol=1e-10)
 
 
 def test_alig_plus_tables_agree_after_every_epoch_and_any_rank_resumes_the_job(pairs):
