@@ -214,7 +214,7 @@ def _unequal_reference(name, objective):
     return [p.detach() for p in model.parameters()]
 
 
-def _empty_run(name, rank, world):
+def _empty_run(name, rank):
     """Gradients all-reduced by hand, each rank back-propagating its loss sum over the
     global count, so the gradient is the global batch's whatever the split; a rank
     with no sample hands over an empty loss."""
@@ -334,10 +334,10 @@ def _pairs(rank, world):
     out = {"before-fully-shard": _built_before_fully_shard(rank), "meta": _materialised_after_the_optimizer(rank)}
     out.update({f"fsdp-{name}": _line_search_fsdp(name, rank) for name in LINE_SEARCHES})
     out.update({f"unequal-{name}": _unequal_ddp(name, rank) for name in UNEQUAL_BUILD})
-    out.update({f"empty-{name}": _empty_run(name, rank, world) for name in EMPTY_BUILD})
+    out.update({f"empty-{name}": _empty_run(name, rank) for name in EMPTY_BUILD})
     # the tensor path (accelerators: no host read, the skip is a branch-free mask)
     with mock.patch.object(PolyakBase, "_on_host", lambda self, device: False):
-        out["empty-alig-tensor-path"] = _empty_run("alig", rank, world)
+        out["empty-alig-tensor-path"] = _empty_run("alig", rank)
     out["plus-sampler"] = _plus_sampler(rank)
     return out
 
