@@ -31,7 +31,8 @@ micro-batch, then ``step()`` with no arguments: the step uses the MEAN of the k
 losses handed over, the rule of gradient accumulation (back-propagate loss / k per
 micro-batch, or the mean). Per-sample losses (ALIGPlus) and their indices concatenate.
 
-An empty batch (no loss at all, e.g. ``index=torch.arange(0)``) is a counted skip:
+An empty batch (no loss at all: a 0-element loss, e.g. ``loss=torch.zeros(0)``, or
+per-sample losses with ``index=torch.arange(0)``) is a counted skip:
 parameters and state stay bit-identical and ``skipped_steps`` grows by one, as for a
 non-finite loss (under ``nonfinite="raise"`` it raises instead). It is not an error
 because under DDP one rank's batch may be empty while the others' are not; the step
@@ -449,6 +450,10 @@ class PolyakBase(torch.optim.Optimizer):
                 f"got shape {tuple(loss.shape)}"
             )
         if not per_sample:
+            # A 0-element loss is an empty batch (count 0): the mean of no sample does not
+            # exist, and under DDP this rank must still enter the step's collective.
+            if loss.numel() == 0:
+                return LossBatch(loss.reshape(0), self._check_index(index, loss, per_sample), per_sample)
             if loss.numel() != 1:
                 raise ValueError(
                     f"{name}: loss must be a scalar (the batch mean), got shape {tuple(loss.shape)}; "
@@ -523,6 +528,14 @@ class PolyakBase(torch.optim.Optimizer):
         # them through param_groups (guarded by shape), not through the state's keys
         # (guarded by identity: a recompile for every new gradient tensor).
         groups = self._params_with_grad()
+        if not any(groups) and D.active_group(self._process_group, False) is not None:
+            # fully_shard replaces every parameter: an optimizer built before it holds
+            # tensors that never get a gradient and would silently never step
+            raise ValueError(
+                f"{type(self).__name__}.step: a loss was given but no parameter of this optimizer has a gradient "
+                "(under torch.distributed); with FSDP2, build the optimizer AFTER fully_shard(model) "
+                "(fully_shard replaces the parameters), from model.parameters()"
+            )
         self._count_passes(batch.passes, batch.passes)
         return batch, groups, [p.grad for ps in groups for p in ps]
 
