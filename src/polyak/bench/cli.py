@@ -12,7 +12,7 @@ separated) imports modules that register extra workloads
 (``polyak.bench.workloads.register_workload``), optimizers
 (``polyak.bench.optimizers.register_bench_optimizer``) or suites
 (``polyak.bench.suites.register_suite``) first, here and in every sweep worker
-(see docs/readme_plugins.md and polyak.bench.plugins).
+(see the README section "Your own workload or optimizer" and polyak.bench.plugins).
 
 Researcher's flags of ``run``: ``--set OPT.PARAM=VALUE`` (a fixed hyperparameter),
 ``--grid OPT=V1,V2`` (one optimizer's step sizes), ``--no-tune-regularisation``,
