@@ -910,10 +910,13 @@ def _profile(plt, ratios: Dict[str, List[float]], tau_max: float, xlabel: str, y
         for index, optimizer in enumerate(group):
             rs = ratios[optimizer]
             if rs:
-                ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=optimizer,
-                        color=_colour(plt, index))
+                # tied optimizers draw the same steps: a small offset each keeps every line visible
+                offset = 0.008 * (index - (len(group) - 1) / 2)
+                ax.step(taus, [sum(r <= t for r in rs) / len(rs) + offset for t in taus], where="post",
+                        label=optimizer, color=_colour(plt, index))
         ax.set_xscale("log")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02), xlim=(1.0, tau_max))
+        ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.06, 1.06), xlim=(1.0, tau_max))
+        ax.set_title(f"{title}\n(lines offset slightly so that ties stay visible)", fontsize=10)
         _legend_outside(ax)
     return fig
 
