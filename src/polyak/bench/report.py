@@ -823,19 +823,21 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
                     else:  # the scale follows training, not the untrained epoch 0
                         kept.extend(v for e, v in zip(epochs, values) if e >= 1)
             last = max((len(c.records[0].get("epochs") or []) for c in data.cells.values() if c.records), default=1)
-            for ref in references:  # DeepOBS's own runs, over the epochs run here, grey and dotted
+            for ref, style in zip(references, (":", "-.", "--")):  # DeepOBS's own runs, in greys
                 shown = list(ref.values[:last])
-                ax_val.plot(range(len(shown)), shown, color="0.45", linestyle=":", linewidth=1.5,
+                ax_val.plot(range(len(shown)), shown, color="0.4", linestyle=style, linewidth=1.4,
                             label=f"DeepOBS {ref.optimizer} (seed {ref.seed})")
                 kept_val.extend(shown[1:])
             ax_loss.set_yscale("log")
             _limits(ax_loss, kept_loss, log=True)
-            _limits(ax_val, kept_val, log=False)
+            if not metric.higher_is_better:  # a loss: log scale, so the floor region stays readable
+                ax_val.set_yscale("log")
+            _limits(ax_val, kept_val, log=not metric.higher_is_better)
             ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean, log)",
                         title=f"{data.label(column)}: training loss")
             where = "test" if references else "validation"
             ax_val.set(xlabel="epoch", ylabel=f"{where} {metric.key}", title=f"{data.label(column)}: {where} {metric.key}"
-                       + (" (dotted: DeepOBS's baselines)" if references else ""))
+                       + (" (grey: DeepOBS's baselines)" if references else ""))
             _legend_outside(ax_val)
         written.append(_save(fig, out_dir, f"curves_{_safe(column[0])}_{_safe(column[1])}.png"))
     return written
