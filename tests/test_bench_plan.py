@@ -84,3 +84,36 @@ def test_redirected_sweep_prints_one_line_per_finished_trial(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert len(lines) == 2 and lines[0].startswith("[1/2] sgd on tiny-test (lr=0.1, seed ")
     assert ": ok, test acc. (%) " in lines[1] and lines[1].endswith(" s")
+
+
+def test_quick_suite_is_the_papers_methods_and_strong_peers_on_deepobs_mnist_mlp():
+    from polyak.bench.suites import get_suite
+
+    plan = plan_suite(get_suite("quick"))
+    assert plan.workloads[0] == "mnist-mlp" and len(plan.optimizers) <= 8
+    assert {"alig", "alig-plus", "labpal-sgd", "sgd", "adam"} <= set(plan.optimizers)
+    alig_plus = [t for t in plan.trials if t.optimizer == "alig-plus"]
+    assert alig_plus and all(t.hyperparameters["K"] == 3 for t in alig_plus)
+
+
+def test_medium_keeps_alig_plus_sections_of_five_epochs_and_scales_labpal():
+    from polyak.bench.runner import scale_to_run
+    from polyak.bench.suites import get_suite
+    from polyak.bench.workloads import get_workload
+
+    plan = plan_suite(get_suite("medium"))
+    for workload in plan.workloads:
+        assert get_workload(workload).budgets["medium"].epochs >= 25, workload  # K=5 sections x 5 epochs
+    labpal = next(t for t in plan.trials if t.optimizer == "labpal-sgd")
+    # the paper's 1000 of 150,000 steps, on a run of 3,000 steps: 20; its 400 untrusted: 8
+    assert scale_to_run(labpal.hyperparameters, 3000) == {"reuse_steps": 20, "untrusted_updates": 8}
+    assert scale_to_run({"lr": 0.1, "reuse_steps": {"value": 1000, "per_total_steps": 150_000}}, 10) == \
+        {"lr": 0.1, "reuse_steps": 1}
+
+
+def test_fine_grid_has_three_points_per_decade_and_keeps_the_decades():
+    from polyak.bench.suites import fine_grid
+
+    grid = fine_grid("sgd", 3)  # sgd's grid spans 1e-3 .. 1
+    assert len(grid) == 10 and grid[0] == 0.001 and grid[3] == 0.01 and grid[-1] == 1.0
+    assert fine_grid("prodigy", 3) is None  # no step-size hyperparameter

@@ -931,19 +931,21 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
                     else:  # the scale follows training, not the untrained epoch 0
                         kept.extend(v for e, v in zip(epochs, values) if e >= 1)
             last = max((len(c.records[0].get("epochs") or []) for c in data.cells.values() if c.records), default=1)
-            for ref in references:  # DeepOBS's own runs, over the epochs run here, grey and dotted
+            for ref, style in zip(references, (":", "-.", "--")):  # DeepOBS's own runs, in greys
                 shown = list(ref.values[:last])
-                ax_val.plot(range(len(shown)), shown, color="0.45", linestyle=":", linewidth=1.5,
+                ax_val.plot(range(len(shown)), shown, color="0.4", linestyle=style, linewidth=1.4,
                             label=f"DeepOBS {ref.optimizer} (seed {ref.seed})")
                 kept_val.extend(shown[1:])
             ax_loss.set_yscale("log")
             _limits(ax_loss, kept_loss, log=True)
-            _limits(ax_val, kept_val, log=False)
+            if not metric.higher_is_better:  # a loss: log scale, so the floor region stays readable
+                ax_val.set_yscale("log")
+            _limits(ax_val, kept_val, log=not metric.higher_is_better)
             ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean, log)",
                         title=f"{data.label(column)}: training loss")
             where = "test" if references else "validation"
             ax_val.set(xlabel="epoch", ylabel=f"{where} {metric.key}", title=f"{data.label(column)}: {where} {metric.key}"
-                       + (" (dotted: DeepOBS's baselines)" if references else ""))
+                       + (" (grey: DeepOBS's baselines)" if references else ""))
             _legend_outside(ax_val)
         written.append(_save(fig, out_dir, f"curves_{_safe(column[0])}_{_safe(column[1])}.png"))
     return written
@@ -1018,10 +1020,13 @@ def _profile(plt, ratios: Dict[str, List[float]], tau_max: float, xlabel: str, y
         for index, optimizer in enumerate(group):
             rs = ratios[optimizer]
             if rs:
-                ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=optimizer,
-                        color=_colour(plt, index))
+                # tied optimizers draw the same steps: a small offset each keeps every line visible
+                offset = 0.008 * (index - (len(group) - 1) / 2)
+                ax.step(taus, [sum(r <= t for r in rs) / len(rs) + offset for t in taus], where="post",
+                        label=optimizer, color=_colour(plt, index))
         ax.set_xscale("log")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02), xlim=(1.0, tau_max))
+        ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.06, 1.06), xlim=(1.0, tau_max))
+        ax.set_title(f"{title}\n(lines offset slightly so that ties stay visible)", fontsize=10)
         _legend_outside(ax)
     return fig
 
