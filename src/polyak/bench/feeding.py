@@ -21,7 +21,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list):
         return [to_device(b, device) for b in batch]
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     return batch
 
 

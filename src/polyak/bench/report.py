@@ -728,7 +728,7 @@ def verdict(data: ReportData) -> List[str]:
         for standing in table.values():
             wins[standing.best] += 1
         order = sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))
-        won = [f"most workloads led: " + ", ".join(f"{o} {n}" for o, n in order) + f" of {len(data.columns)}"]
+        won = ["most workloads led: " + ", ".join(f"{o} {n}" for o, n in order) + f" of {len(data.columns)}"]
         clear = sum(1 for s in table.values() if s.significant)
         margins = [f"{clear} of {len(table)} leads exceed the seeds' spread; the others are ties or single-seed"]
     return ["Winner: " + "; ".join(won) + ".", "Margin: " + "; ".join(margins) + ".", budget_line(data)]
