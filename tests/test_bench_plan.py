@@ -106,7 +106,10 @@ def test_medium_keeps_alig_plus_sections_of_five_epochs_and_scales_labpal():
         assert get_workload(workload).budgets["medium"].epochs >= 25, workload  # K=5 sections x 5 epochs
     labpal = next(t for t in plan.trials if t.optimizer == "labpal-sgd")
     # the paper's 1000 of 150,000 steps, on a run of 3,000 steps: 20; its 400 untrusted: 8
-    assert scale_to_run(labpal.hyperparameters, 3000) == {"reuse_steps": 20, "untrusted_updates": 8}
+    scaled = scale_to_run(labpal.hyperparameters, 3000)
+    assert (scaled["reuse_steps"], scaled["untrusted_updates"]) == (20, 8)
+    # LABPAL has a (decoupled) weight decay now: the medium plan sweeps it like every optimizer's
+    assert set(scaled) == {"reuse_steps", "untrusted_updates", "weight_decay"}
     assert scale_to_run({"lr": 0.1, "reuse_steps": {"value": 1000, "per_total_steps": 150_000}}, 10) == \
         {"lr": 0.1, "reuse_steps": 1}
 
