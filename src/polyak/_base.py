@@ -266,6 +266,8 @@ class PolyakBase(torch.optim.Optimizer):
     def _check_group(self, group: Dict[str, Any]) -> None:
         """Validate one param group (constructor and add_param_group); subclasses extend it."""
         _check_lr("lr (param group)", group["lr"])
+        if "weight_decay" in self.group_keys:   # one rule wherever a group may set it
+            check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
         if group.get("fused"):   # ALIG, ALIGPlus, SPS: refused here, as torch refuses fused=True it cannot honour
             check_fused_supported(type(self).__name__, group["params"])
 

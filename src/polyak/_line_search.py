@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _distributed as D
 from . import functional as F
-from ._base import GLOBAL_STATE, PolyakBase, check_positive, lr_is_one, times_lr
+from ._base import GLOBAL_STATE, PolyakBase, lr_is_one, times_lr
 from ._closure import ClosureError, ProbeClosure
 from .functional import copy_all_, real_views
 
@@ -201,10 +201,6 @@ def update_(optimizer: PolyakBase, params: List[Tensor], directions: List[Tensor
         scaled = F.as_scalar(times_lr(step, group["lr"]))
         F.decoupled_weight_decay_(ps, scaled, group.get("weight_decay", 0.0), foreach=foreach)
         F.sgd_step_(ps, ds, scaled, foreach=foreach)
-
-
-def check_weight_decay(group: Dict[str, Any]) -> None:
-    check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
 
 
 def begin_line_search(optimizer: PolyakBase, closure, loss, evaluates: str):

@@ -126,7 +126,6 @@ class ALIG(PolyakBase):
         super()._check_group(group)
         check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
         check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
-        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
 
     # the loss-level constants: one loss, so one value for all groups
     lower_bound = property(lambda self: self._setting("lower_bound"), doc="B, the lower bound of the loss")

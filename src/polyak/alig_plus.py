@@ -213,7 +213,6 @@ class ALIGPlus(PolyakBase):
         super()._check_group(group)
         check_positive("max_lr (param group)", group["max_lr"], allow_none=True)
         check_in_range("momentum (param group)", group["momentum"], 0.0, 1.0)
-        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
 
     num_samples = property(lambda self: self._setting("num_samples"))
     epochs = property(lambda self: self._setting("epochs"))

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_in_range, check_positive
-from ._line_search import check_weight_decay, compute_views, global_dot, global_loss, global_sq_norm
+from ._line_search import compute_views, global_dot, global_loss, global_sq_norm
 from ._registry import OptimizerSpec, register
 
 L4_BASES = ("adam", "momentum")
@@ -181,7 +181,6 @@ class L4(PolyakBase):
     def _check_group(self, group) -> None:
         super()._check_group(group)
         _check_group(group, " (param group)")
-        check_weight_decay(group)
 
     base = property(lambda self: self._setting("base"))
     gamma = property(lambda self: self._setting("gamma"))

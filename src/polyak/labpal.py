@@ -117,7 +117,7 @@ from . import functional as F
 from ._base import GLOBAL_STATE, PolyakBase, check_choice, check_int, check_positive
 from ._closure import ProbeClosure
 from ._line_search import (
-    Rollback, StartPoint, check_weight_decay, compute_view, compute_views, global_dot, global_loss, global_sq_norm,
+    Rollback, StartPoint, compute_view, compute_views, global_dot, global_loss, global_sq_norm,
     groups_of, state_form, update_,
 )
 from ._registry import OptimizerSpec, register
@@ -326,7 +326,6 @@ class LABPAL(PolyakBase):
     # ------------------------------------------------------------- checking
     def _check_group(self, group: Dict[str, Any]) -> None:
         super()._check_group(group)
-        check_weight_decay(group)
         coarse = sorted({str(p.dtype) for p in group["params"] if p.dtype in _TOO_COARSE})
         if coarse:
             raise ValueError(

@@ -66,7 +66,7 @@ from torch import Tensor
 from . import functional as F
 from ._base import NonFiniteError, PolyakBase, check_in_range, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, check_weight_decay, compute_view, global_dot, global_loss, global_sq_norm,
+    Rollback, StartPoint, begin_line_search, compute_view, global_dot, global_loss, global_sq_norm,
     groups_of, state_form, update_,
 )
 from ._registry import OptimizerSpec, register
@@ -144,10 +144,6 @@ class PAL(PolyakBase):
         super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
                          process_group=process_group, loss_is_global=loss_is_global)
         self._start_point = StartPoint(foreach)
-
-    def _check_group(self, group) -> None:
-        super()._check_group(group)
-        check_weight_decay(group)
 
     # ONE line search over all groups: every search constant is optimizer-wide
     measuring_step = property(lambda self: self._setting("measuring_step"))

@@ -83,7 +83,7 @@ from torch import Tensor
 from . import functional as F
 from ._base import PolyakBase, check_choice, check_in_range, check_int, check_positive
 from ._line_search import (
-    Rollback, StartPoint, begin_line_search, check_weight_decay, compute_view, global_loss, groups_of, plain_update,
+    Rollback, StartPoint, begin_line_search, compute_view, global_loss, groups_of, plain_update,
     update_,
 )
 from ._registry import OptimizerSpec, register
@@ -221,10 +221,6 @@ class SLS(PolyakBase):
         self.global_state["search_step_size"] = self.init_step_size
         self.global_state["trials"] = 0
         self._start_point = StartPoint(foreach)
-
-    def _check_group(self, group) -> None:
-        super()._check_group(group)
-        check_weight_decay(group)
 
     # ONE search over all groups: every search constant is optimizer-wide
     condition = property(lambda self: self._setting("condition"))

@@ -169,10 +169,6 @@ class SPS(PolyakBase):
         super().__init__(params, defaults, lr=lr, nonfinite=nonfinite, foreach=foreach,
                          process_group=process_group, loss_is_global=loss_is_global)
 
-    def _check_group(self, group):
-        super()._check_group(group)
-        check_positive("weight_decay (param group)", group["weight_decay"], allow_zero=True)
-
     c = property(lambda self: self._setting("c"))
     eta_max = property(lambda self: self._setting("eta_max"))
     fstar = property(lambda self: self._setting("fstar"))
