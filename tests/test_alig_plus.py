@@ -456,6 +456,7 @@ def test_first_step_nan_creates_no_state():
     ({"epochs": 0}, ValueError, "epochs"),
     ({"K": 0}, ValueError, "K must be"),
     ({"K": 2.5}, ValueError, "K must be"),
+    ({"K": "five"}, ValueError, "K must be a positive integer or 'auto'"),
     ({"max_lr": -1.0}, ValueError, "max_lr"),
     ({"max_lr": float("nan")}, ValueError, "max_lr"),
     ({"momentum": 1.0}, ValueError, "momentum"),
@@ -530,3 +531,15 @@ def test_digits_mlp_reaches_97_percent(one_thread):
     assert 0.0 < float(opt.aov_mean) < 1.0   # the AOVs learned something, below the initial loss
     # seeds 0-4 of this recipe gave 97.2 to 98.3 percent (360 test digits)
     assert accuracy >= 0.97
+
+
+@pytest.mark.parametrize("epochs,sections", [(1, 1), (3, 3), (5, 5), (25, 5), (200, 5)])
+def test_K_auto_is_the_papers_five_sections_or_one_an_epoch(epochs, sections):
+    # The default: the paper's K=5 wherever 5 epochs fit (so every run that worked with the
+    # old default K=5 is unchanged), one section per epoch below that (which used to raise).
+    w = torch.zeros(2, requires_grad=True)
+    opt = ALIGPlus([w], max_lr=0.1, num_samples=4, epochs=epochs)
+    assert opt.K == sections and opt.section_length == epochs // sections
+    assert opt.state_dict()["param_groups"][0]["K"] == sections   # checkpoints hold the integer
+    explicit = ALIGPlus([torch.zeros(2, requires_grad=True)], max_lr=0.1, num_samples=4, epochs=epochs, K=sections)
+    assert explicit.state_dict()["param_groups"][0] == {**opt.state_dict()["param_groups"][0]}

@@ -93,7 +93,15 @@ def test_quick_suite_is_the_papers_methods_and_strong_peers_on_deepobs_mnist_mlp
     assert plan.workloads[0] == "mnist-mlp" and len(plan.optimizers) <= 8
     assert {"alig", "alig-plus", "labpal-sgd", "sgd", "adam"} <= set(plan.optimizers)
     alig_plus = [t for t in plan.trials if t.optimizer == "alig-plus"]
-    assert alig_plus and all(t.hyperparameters["K"] == 3 for t in alig_plus)
+    # ALI-G+ chooses its sections itself (K="auto"): no K in the plan, 3 on the 3-epoch MNIST run
+    assert alig_plus and all("K" not in t.hyperparameters for t in alig_plus)
+    from polyak.alig_plus import resolve_sections
+    from polyak.bench.records import effective_budget
+    from polyak.bench.workloads import get_workload
+
+    mnist = next(t for t in alig_plus if t.workload == "mnist-mlp")
+    epochs = effective_budget(get_workload("mnist-mlp").budgets["quick"], mnist.epochs).epochs
+    assert epochs == 3 and resolve_sections("auto", epochs) == 3
 
 
 def test_medium_keeps_alig_plus_sections_of_five_epochs_and_scales_labpal():

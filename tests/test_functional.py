@@ -17,6 +17,23 @@ def test_global_sq_norm_is_the_sum_of_all_squares():
         assert float(F.global_sq_norm(ts, foreach=foreach)) == pytest.approx(expected, rel=1e-14)
 
 
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+def test_global_sq_norm_large_cpu_tensors_take_the_blas_dot_and_agree(dtype, rel):
+    # Large contiguous CPU tensors are summed by torch.vdot, the rest (small, or a
+    # transposed view) by one foreach call: every entry counted once, in either route.
+    big = F._BLAS_DOT_MIN_NUMEL
+    gen = torch.Generator().manual_seed(3)
+    large = torch.randn(big + 7, generator=gen, dtype=dtype)
+    transposed = torch.randn(400, big // 200, generator=gen, dtype=dtype).t()
+    assert not transposed.is_contiguous() and transposed.numel() >= big
+    ts = [large, torch.randn(5, 3, generator=gen, dtype=dtype), transposed]
+    expected = sum(float((t.double() * t.double()).sum()) for t in ts)
+    assert float(F.global_sq_norm(ts)) == pytest.approx(expected, rel=rel)
+    assert float(F.global_sq_norm([large])) == pytest.approx(float((large.double() ** 2).sum()), rel=rel)
+    # float32 in, float32 out, as the foreach route gives
+    assert F.global_sq_norm(ts).dtype == dtype
+
+
 def test_global_sq_norm_accumulates_half_precision_in_float32():
     ts = [torch.full((1000,), 0.01, dtype=torch.bfloat16), torch.ones(3, dtype=torch.float32)]
     out = F.global_sq_norm(ts)

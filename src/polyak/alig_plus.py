@@ -46,7 +46,8 @@ Options (each a named switch; the defaults reproduce the authors' code):
   online loss (``"last"``) or the lowest epoch mean so far (``"best_epoch"``).
   They need no ``index`` and no ``num_samples``.
 
-Deviations from the authors' code, on purpose: E < K raises (the reference divides
+Deviations from the authors' code, on purpose: ``K="auto"`` (the default) is the
+paper's 5 when E >= 5 and E otherwise; an explicit K > E raises (the reference divides
 by zero); the AOV tables, the epoch counter and every running statistic live in
 the optimizer state, so ``state_dict()`` resumes bit-identically in mid-section (the
 reference loses them); a sample never seen keeps :math:`\bar\ell_z = B` so its AOV
@@ -74,10 +75,26 @@ from ._base import (
 )
 from ._registry import OptimizerSpec, register
 
-__all__ = ["ALIGPlus", "aov_update_"]
+__all__ = ["ALIGPlus", "aov_update_", "resolve_sections"]
 
 
 AOV_MODES = ("per_sample", "global_batch", "global_running")
+PAPER_SECTIONS = 5  # the paper's K
+
+
+def resolve_sections(K, epochs: int) -> int:
+    """The number of AOV sections for ``K`` (an int, or "auto") over ``epochs`` epochs.
+
+    "auto": the paper's K = 5 whenever at least 5 epochs are planned (every run the
+    papers describe), else one section per epoch, so a short run still updates its
+    AOVs instead of refusing to start. The choice lives here, not in each training
+    script or benchmark workload; an explicit K is kept as given.
+    """
+    if isinstance(K, str):
+        if K != "auto":
+            raise ValueError(f"K must be a positive integer or 'auto', got {K!r}")
+        return min(PAPER_SECTIONS, epochs)
+    return K
 LOSS_RECORDS = ("last", "best_epoch")
 
 
@@ -109,7 +126,12 @@ class ALIGPlus(PolyakBase):
         num_samples: number of training samples, i.e. the range of the dataset
             indices passed to ``step`` (``len(train_set)``). Required for ``aov="per_sample"``.
         epochs: the number E of training epochs planned (sets the section length E // K).
-        K: number of sections (AOV updates), default 5; needs ``epochs >= K``.
+        K: number of sections (AOV updates): an integer with ``epochs >= K``, or "auto"
+            (default): the paper's 5, or ``epochs`` when fewer than 5 are planned
+            (:func:`resolve_sections`). ``opt.K`` and ``state_dict`` hold the integer.
+            Each section must be long enough for the loss to level off: an AOV
+            update on a loss still falling leaves most samples' AOV above their
+            next losses, and those samples' steps are exactly 0.
         weight_decay: lambda of ``p <- p - gamma*(g + lambda*p)``.
         momentum: mu of ALI-G's reference momentum (default 0.9); 0 disables it.
         lower_bound: B, a known lower bound of every per-sample loss (0 for
@@ -152,7 +174,7 @@ class ALIGPlus(PolyakBase):
         max_lr=MISSING,
         num_samples: Optional[int] = None,
         epochs: Optional[int] = None,
-        K: int = 5,
+        K="auto",
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         lower_bound: float = 0.0,
@@ -179,8 +201,9 @@ class ALIGPlus(PolyakBase):
                     f"num_samples must be a positive integer, got {num_samples!r}: pass "
                     "num_samples=len(train_set), the number of dataset indices step() will see"
                 )
-        check_int("K", K, 1, "It is the number of AOV sections (paper: 5).")
         check_int("epochs", epochs, 1, "It is the number of training epochs planned.")
+        K = resolve_sections(K, epochs)
+        check_int("K", K, 1, "It is the number of AOV sections (paper: 5), or 'auto'.")
         if epochs < K:
             raise ValueError(
                 f"epochs={epochs} is smaller than K={K}: each of the K sections needs at least one epoch; "

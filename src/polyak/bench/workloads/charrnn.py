@@ -26,7 +26,7 @@ SEQUENCE_LENGTH = 50
 TEST_FRACTION = 0.2
 
 BUDGETS = {
-    # At least 5 epochs everywhere: ALI-G+ splits training into K = 5 sections.
+    # At least 5 epochs everywhere: ALI-G+ then runs the paper's K = 5 sections (K="auto").
     "quick": Budget(epochs=5, batch_size=50, train_subset=300, test_subset=500),
     "lite": Budget(epochs=5, batch_size=50, train_subset=6000, test_subset=2000),
     # DeepOBS tolstoi_char_rnn: batch 50, 200 epochs.

@@ -30,7 +30,7 @@ _SVHN_MEAN, _SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
 
 def _budgets(paper_epochs: int, lite_subset: int = 3000, quick_subset: int = 1000):
-    # At least 5 epochs everywhere: ALI-G+ splits training into K = 5 sections.
+    # At least 5 epochs everywhere: ALI-G+ then runs the paper's K = 5 sections (K="auto").
     return {
         "quick": Budget(epochs=5, batch_size=128, train_subset=quick_subset, test_subset=500),
         "lite": Budget(epochs=5, batch_size=128, train_subset=lite_subset, test_subset=2000),

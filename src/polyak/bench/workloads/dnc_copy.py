@@ -46,7 +46,7 @@ MIN_REPEATS, MAX_REPEATS = 1, 2
 NUM_TRAIN, NUM_TEST = 16000, 1600
 
 BUDGETS = {
-    # At least 5 epochs everywhere: ALI-G+ splits training into K = 5 sections.
+    # At least 5 epochs everywhere: ALI-G+ then runs the paper's K = 5 sections (K="auto").
     "quick": Budget(epochs=5, batch_size=16, train_subset=160, test_subset=400),
     "lite": Budget(epochs=5, batch_size=16, train_subset=2880, test_subset=1600),
     "paper": Budget(epochs=11, batch_size=16),

@@ -29,7 +29,7 @@ PAD, UNKNOWN = 0, 1
 _TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
 BUDGETS = {
-    # At least 5 epochs everywhere: ALI-G+ splits training into K = 5 sections.
+    # At least 5 epochs everywhere: ALI-G+ then runs the paper's K = 5 sections (K="auto").
     "quick": Budget(epochs=5, batch_size=64, train_subset=300, test_subset=500),
     "lite": Budget(epochs=5, batch_size=64, train_subset=3000, test_subset=2000),
     "paper": Budget(epochs=20, batch_size=64),

@@ -14,7 +14,7 @@ Budgets: paper = 200 epochs, batch 128 (the ALI-G+ paper's budget for its
 CIFAR-type image tasks; ALI-G's CIFAR WRN runs also use 200 epochs);
 lite = 3k training images for 5 epochs (~35 s a trial on one CPU thread);
 quick = 1k images for 5 epochs (40 steps, ~10 s a trial with evaluations).
-Every budget has at least 5 epochs: ALI-G+ splits training into K = 5 sections.
+Every budget has at least 5 epochs: ALI-G+ then runs the paper's K = 5 sections (K="auto").
 """
 from __future__ import annotations
 
