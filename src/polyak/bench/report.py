@@ -561,7 +561,7 @@ def window_table(data: ReportData, windows: Dict[Tuple[Tuple[str, str], str], Wi
 def deepobs_reference_table(data: ReportData) -> str:
     """Our selected settings beside DeepOBS's own baseline runs, at the epochs run here
     (DeepOBS's per-epoch curve) and at DeepOBS's end (its published 10-seed result)."""
-    from .deepobs_baselines import PUBLISHED, SOURCE, curves_for
+    from .deepobs_baselines import PUBLISHED, SEEDS, SOURCE, curves_for
 
     lines = []
     for column in data.columns:
@@ -580,14 +580,20 @@ def deepobs_reference_table(data: ReportData) -> str:
         for name in sorted(set(published) | {c.optimizer for c in curves}):
             curve = next((c for c in curves if c.optimizer == name), None)
             at_e = "-" if curve is None or epochs >= len(curve.values) else \
-                _format_value(metric.scale * curve.values[epochs], metric) + f" (seed {curve.seed})"
+                _format_value(metric.scale * curve.values[epochs], metric) + (
+                    "" if curve.spread is None else f" ± {_format_value(metric.scale * curve.spread[epochs], metric)}")
             final = published.get(name)
             end = "-" if final is None else _format_value(metric.scale * final[0], metric) + (
-                "" if final[1] is None else f" ± {_format_value(metric.scale * final[1], metric)}") + " (10 seeds)"
-            lines.append(f"| {data.label(column)} | DeepOBS {name} | {at_e} | {end} |")
+                "" if final[1] is None else f" ± {_format_value(metric.scale * final[1], metric)}") + " (paper)"
+            run = f"DeepOBS {name}" + ("" if curve is None else f" (mean of {len(curve.seeds)} seeds)")
+            lines.append(f"| {data.label(column)} | {run} | {at_e} | {end} |")
     if not lines:
         return ""
-    return "\n".join(lines) + f"\n\nDeepOBS rows: {SOURCE}; their tuned learning rate, TensorFlow, test set as DeepOBS splits it."
+    return "\n".join(lines) + (
+        f"\n\nDeepOBS rows: {SOURCE}; their tuned learning rate, TensorFlow, test set as DeepOBS splits it. "
+        f"At epoch E: mean ± sample std over DeepOBS's seeds {SEEDS[0]}-{SEEDS[-1]}. At epoch 100: the DeepOBS "
+        f"paper's number, which matches seeds {SEEDS[1]}-{SEEDS[-1]} (the re-runs of the tuned setting, without "
+        f"the tuning sweep's seed {SEEDS[0]}).")
 
 
 def _settings_table(data: ReportData) -> str:
@@ -934,8 +940,13 @@ def plot_curves(data: ReportData, out_dir: Path) -> List[str]:
             for ref, style in zip(references, (":", "-.", "--")):  # DeepOBS's own runs, in greys
                 shown = list(ref.values[:last])
                 ax_val.plot(range(len(shown)), shown, color="0.4", linestyle=style, linewidth=1.4,
-                            label=f"DeepOBS {ref.optimizer} (seed {ref.seed})")
-                kept_val.extend(shown[1:])
+                            label=f"DeepOBS {ref.optimizer} (mean of {len(ref.seeds)} seeds"
+                            + (", band ± 1 std)" if ref.spread is not None else ")"))
+                if ref.spread is not None:
+                    spread = ref.spread[:last]
+                    ax_val.fill_between(range(len(shown)), [m - s for m, s in zip(shown, spread)],
+                                        [m + s for m, s in zip(shown, spread)], color="0.4", alpha=0.12, linewidth=0)
+                kept_val.extend(shown[1:])  # the axis follows the means; a wide band may be cut
             ax_loss.set_yscale("log")
             _limits(ax_loss, kept_loss, log=True)
             if not metric.higher_is_better:  # a loss: log scale, so the floor region stays readable
