@@ -61,12 +61,12 @@ def group_by_device_and_dtype(*tensor_lists: Sequence[Tensor]) -> Dict[Tuple[tor
 _FOREACH_POWSUM = getattr(torch, "_foreach_powsum", None)
 
 
-# Large float32/float64 CPU tensors: torch.vdot (the BLAS dot) reads them at memory speed,
-# where _foreach_powsum's CPU kernel is compute bound: ||g||^2 of 12M parameters took 0.19
-# instead of 0.30 x a fused SGD step (measured: benchmarks/results/step_overhead.md), and
-# the BLAS dot's partial sums round less (relative error 8e-6 against 1.6e-4 for 4M
-# float32 entries). Below the threshold one foreach call over all the small tensors costs
-# less than a call per tensor. GPUs keep the single foreach kernel.
+# Large float32/float64 CPU tensors: torch.vdot (the BLAS dot), whose blocked partial sums
+# round far less than _foreach_powsum's CPU kernel (relative error 2.4e-6 against 5.9e-5 of a
+# float64 sum at 12M float32 entries) at the same speed once the gradients are out of cache
+# (the read is memory bound; faster when they are warm): benchmarks/results/step_overhead.md.
+# Below the threshold one foreach call over all the small tensors costs less than a call
+# per tensor. GPUs keep the single foreach kernel.
 _BLAS_DOT_DTYPES = (torch.float32, torch.float64)
 _BLAS_DOT_MIN_NUMEL = 1 << 17
 
