@@ -58,6 +58,20 @@ def test_setting_ties_are_flagged_and_broken_by_loss_then_larger_step_in_any_ord
         assert choice.edge is None  # 1.0 is inside the grid 0.01..10
 
 
+def test_settings_are_scored_on_the_seeds_they_all_have_then_reported_on_all_of_theirs():
+    # DeepOBS's second stage reran lr 0.1 (best on seed 0) on seeds 1 and 2, which came out
+    # worse; lr 1.0 has seed 0 only. Scoring on every seed would compare 0.1's 3-seed mean
+    # (0.8) with 1.0's single seed (0.85) and switch to a setting with one seed.
+    records = [_run(0.1, 0, [(0.9, 0.3, 0.9)]), _run(0.1, 1, [(0.75, 0.5, 0.7)]), _run(0.1, 2, [(0.75, 0.5, 0.7)]),
+               _run(1.0, 0, [(0.85, 0.4, 0.8)]), _run(0.01, 0, [(0.5, 1.0, 0.5)])]
+    choice = select(_settings(records), ACC, "final")
+    assert choice.hyperparameters == {"lr": 0.1} and choice.score == pytest.approx(0.9)
+    assert [r["config"]["seed"] for r in choice.records] == [0, 1, 2]   # reported over all three
+    # with no seed in common (hand-made records) every setting is scored on all its seeds
+    apart = [_run(0.1, 1, [(0.7, 0.5, 0.7)]), _run(1.0, 0, [(0.8, 0.5, 0.8)])]
+    assert select(_settings(apart), ACC, "final").hyperparameters == {"lr": 1.0}
+
+
 def test_grid_edge_is_flagged_and_the_final_rule_reads_the_last_epoch():
     # lr 1 (top of the grid) peaks early on validation; lr 0.1 ends better
     records = [_run(0.01, 0, [(0.5, 1.0, 0.5), (0.6, 0.9, 0.6)]), _run(0.1, 0, [(0.6, 0.9, 0.6), (0.8, 0.5, 0.8)]),

@@ -11,7 +11,12 @@ Two rules (every table names the one it follows):
   validation metric at its last epoch; the test metric is read there too.
 
 A setting (one hyperparameter choice, all its seeds) scores the mean of its
-runs' scores; a setting with a diverged seed ranks below every complete one.
+runs' scores on the seeds that EVERY setting of the optimizer has (the sweep's
+seeds); a setting with a diverged seed there ranks below every complete one. The
+chosen setting is then reported over all its seeds. This matters after DeepOBS's
+second stage, which reruns only the chosen setting on more seeds: scoring on all
+seeds would set that setting's 3-seed mean against its rivals' single best seed
+and could move the choice to a setting with one seed (the winner's curse).
 Ties between settings (equal mean score, common on small validation sets where
 accuracy moves in steps of 1/n) are flagged in the tables and broken by, in
 order: the lower mean validation loss at the scored epochs, the LARGER step
@@ -151,13 +156,17 @@ def select(settings: Mapping[str, Sequence[Dict[str, Any]]], metric: Metric, rul
     step_param = _step_param([r for group in settings.values() for r in group])
     grid = sorted({float(h[step_param]) for group in settings.values() for r in group
                    for h in [r["config"].get("hyperparameters") or {}] if step_param and _finite(h.get(step_param))})
+    seed_sets = [{r["config"]["seed"] for r in group} for group in settings.values()]
+    common = set.intersection(*seed_sets) if seed_sets else set()
     ranked = []
     for key, group in settings.items():
         group = sorted(group, key=lambda r: r["config"]["seed"])
         runs = [run_score(r, metric, rule) for r in group]
-        complete = all(run.score is not None for run in runs)
-        score = statistics.fmean(run.score for run in runs) if complete else None
-        losses = [run.val_loss for run in runs]
+        # scored on the shared seeds (all of them when the settings share none)
+        scored = [run for r, run in zip(group, runs) if r["config"]["seed"] in common] or runs
+        complete = all(run.score is not None for run in scored)
+        score = statistics.fmean(run.score for run in scored) if complete else None
+        losses = [run.val_loss for run in scored]
         loss = statistics.fmean(losses) if complete and all(v is not None for v in losses) else math.inf
         hyper = group[0]["config"].get("hyperparameters") or {}
         step = _finite(hyper.get(step_param)) if step_param else None
