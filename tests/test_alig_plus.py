@@ -542,4 +542,4 @@ def test_K_auto_is_the_papers_five_sections_or_one_an_epoch(epochs, sections):
     assert opt.K == sections and opt.section_length == epochs // sections
     assert opt.state_dict()["param_groups"][0]["K"] == sections   # checkpoints hold the integer
     explicit = ALIGPlus([torch.zeros(2, requires_grad=True)], max_lr=0.1, num_samples=4, epochs=epochs, K=sections)
-    assert explicit.state_dict()["param_groups"][0] == {**opt.state_dict()["param_groups"][0]}
+    assert explicit.state_dict()["param_groups"][0] == opt.state_dict()["param_groups"][0]

@@ -79,6 +79,7 @@ __all__ = ["ALIGPlus", "aov_update_", "resolve_sections"]
 
 
 AOV_MODES = ("per_sample", "global_batch", "global_running")
+LOSS_RECORDS = ("last", "best_epoch")
 PAPER_SECTIONS = 5  # the paper's K
 
 
@@ -95,7 +96,6 @@ def resolve_sections(K, epochs: int) -> int:
             raise ValueError(f"K must be a positive integer or 'auto', got {K!r}")
         return min(PAPER_SECTIONS, epochs)
     return K
-LOSS_RECORDS = ("last", "best_epoch")
 
 
 # ------------------------------------------------------------------ shared math

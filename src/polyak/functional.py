@@ -102,9 +102,9 @@ def global_sq_norm(tensors: Sequence[Tensor], foreach: bool = True) -> Tensor:
                         small.append(t)
                 if dots:
                     partials.append(torch.stack(dots).sum())
-                    bucket = small
-                    if not bucket:
-                        continue
+                bucket = small
+                if not bucket:
+                    continue
             # sums of squares per tensor, then one sum: no sqrt-then-square round trip
             # (dynamo cannot trace _foreach_powsum: compiled steps take the norms)
             if _FOREACH_POWSUM is not None and not compiling:
